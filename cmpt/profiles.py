@@ -1,0 +1,209 @@
+"""Run profiles: every size and choice of an experiment, as data.
+
+A profile is a frozen dataclass. The book's runner injects the profile's name (and any
+``-p NAME VALUE`` overrides) into each notebook's ``parameters`` cell; the notebook calls
+:func:`get_profile` to turn them back into a validated :class:`Profile`.
+
+Three profiles ship:
+
+``smoke``
+    tiny randomly initialised backbones and small generated data: every chapter in
+    seconds, for tests. Numbers from it mean nothing.
+``default``
+    the embedded default: small *pretrained* backbones (MiniLM-L6 text, DINOv2 ViT-S/14
+    vision) and real data, all shipped inside registry packages; CPU, no model hub.
+``paper``
+    the paper's scale: RoBERTa-base, ViT-B/16 in21k, the 13 NLP tasks, VTAB-1k. Needs
+    the Hugging Face hub (or local copies) and a GPU.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Profile", "ProfileError", "PROFILES", "get_profile", "parse_value"]
+
+
+class ProfileError(ValueError):
+    """An unknown profile, an unknown parameter name, or a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that sets the scale of a run. Field docs are in the book's intro."""
+
+    name: str
+    # backbones (names from cmpt.backbones)
+    text_backbone: str
+    vision_backbone: str
+    # tasks (names from cmpt.data)
+    text_tasks: tuple[str, ...]
+    image_tasks: tuple[str, ...]
+    # image side
+    image_size: int = 224
+    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    n_train: int = 800  # training images per image task (VTAB-1k: 800)
+    n_val: int = 200  # validation images per image task (VTAB-1k: 200)
+    n_test: int = 1000  # test images per image task (capped by what the task has)
+    # text side
+    text_max_length: int = 128
+    text_train: int = 2000  # training sentences per source task
+    text_val: int = 500
+    text_test: int = 1000
+    # prompts
+    prompt_length: int = 100
+    prompt_layout: str = "before_cls"  # or "after_cls" (VPT)
+    # training
+    source_epochs: int = 10
+    target_epochs: int = 100
+    batch_size: int = 64
+    seeds: tuple[int, ...] = (42, 44, 100)
+    selection: str = "val"  # "val", "last" or "best_test" (the original code's; labelled)
+    device: str = "auto"
+    description: str = ""
+
+    def replace(self, **overrides: Any) -> "Profile":
+        """A copy with ``overrides`` applied; names and types are checked."""
+        known = {f.name: f for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise ProfileError(
+                f"unknown profile parameter(s) {', '.join(unknown)}; valid names: {', '.join(sorted(known))}"
+            )
+        hints = typing.get_type_hints(Profile)
+        clean = {name: _coerce(name, value, hints[name]) for name, value in overrides.items()}
+        profile = dataclasses.replace(self, **clean)
+        profile.validate()
+        return profile
+
+    def validate(self) -> None:
+        if self.prompt_layout not in ("before_cls", "after_cls"):
+            raise ProfileError(f"prompt_layout must be 'before_cls' or 'after_cls', got {self.prompt_layout!r}")
+        if self.selection not in ("val", "last", "best_test"):
+            raise ProfileError(f"selection must be 'val', 'last' or 'best_test', got {self.selection!r}")
+        for name in ("image_size", "n_train", "n_val", "n_test", "prompt_length", "batch_size",
+                     "text_max_length", "text_train", "text_val", "text_test"):
+            if getattr(self, name) <= 0:
+                raise ProfileError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.seeds:
+            raise ProfileError("seeds must name at least one seed")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line value: a Python literal where it is one, else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if isinstance(value, str) and hint is not str:
+        value = parse_value(value)
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(hint)
+        if isinstance(value, (str, int, float)):
+            value = (value,)
+        if not isinstance(value, (list, tuple)):
+            raise ProfileError(f"{name} must be a list of {item_type.__name__}, got {value!r}")
+        return tuple(_coerce(name, v, item_type) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ProfileError(f"{name} must be {hint.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+SMOKE = Profile(
+    name="smoke",
+    text_backbone="tiny-bert",
+    vision_backbone="tiny-vit",
+    text_tasks=("keywords", "keyword_count"),
+    image_tasks=("dsprites_loc", "clevr_count"),
+    image_size=32,
+    n_train=64,
+    n_val=32,
+    n_test=64,
+    text_max_length=16,
+    text_train=128,
+    text_val=64,
+    text_test=64,
+    prompt_length=4,
+    source_epochs=2,
+    target_epochs=3,
+    batch_size=32,
+    seeds=(42,),
+    description="tiny random backbones and generated data; seconds per chapter, for tests",
+)
+
+DEFAULT = Profile(
+    name="default",
+    text_backbone="minilm-l6",
+    vision_backbone="dinov2-s14",
+    text_tasks=("rotten_tomatoes", "vader_tweets", "vader_amazon", "vader_nyt", "text_domain"),
+    image_tasks=("animals", "digits", "textures", "faces", "dsprites_loc", "dsprites_ori", "clevr_count"),
+    image_size=112,
+    n_train=160,
+    n_val=40,
+    n_test=400,
+    text_max_length=64,
+    text_train=2000,
+    text_val=500,
+    text_test=1000,
+    prompt_length=16,
+    source_epochs=3,
+    target_epochs=20,
+    batch_size=32,
+    seeds=(42,),
+    description="small pretrained backbones and real data from registry packages; CPU, no hub",
+)
+
+PAPER = Profile(
+    name="paper",
+    text_backbone="roberta-base",
+    vision_backbone="vit-b16-in21k",
+    text_tasks=("imdb", "sst2", "laptop", "restaurant", "movierationales", "tweetevalsentiment",
+                "mnli", "qnli", "snli", "ethicsdeontology", "ethicsjustice", "qqp", "mrpc"),
+    image_tasks=("cifar100", "caltech101", "dtd", "flowers102", "pets", "svhn", "sun397",
+                 "patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy",
+                 "clevr_count", "clevr_dist", "dmlab", "kitti_dist", "dsprites_loc",
+                 "dsprites_ori", "smallnorb_azi", "smallnorb_ele"),
+    image_size=224,
+    n_train=800,
+    n_val=200,
+    n_test=100000,
+    text_max_length=128,
+    prompt_length=100,
+    source_epochs=64,
+    target_epochs=100,
+    batch_size=64,
+    seeds=(42, 44, 100),
+    description="RoBERTa-base, ViT-B/16 in21k, 13 NLP tasks, VTAB-1k; hub and GPU",
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (SMOKE, DEFAULT, PAPER)}
+
+
+def get_profile(name: str | Profile, overrides: dict[str, Any] | None = None, **more: Any) -> Profile:
+    """The named profile with ``overrides`` applied; raises :class:`ProfileError` on bad input."""
+    if isinstance(name, Profile):
+        base = name
+    else:
+        if name not in PROFILES:
+            raise ProfileError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}")
+        base = PROFILES[name]
+    merged = {**(overrides or {}), **more}
+    return base.replace(**merged) if merged else base
+
+
+#: names a ``-p NAME VALUE`` override may use to change the profile
+PROFILE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Profile) if f.name != "name")
