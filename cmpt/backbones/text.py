@@ -107,7 +107,7 @@ def _from_pretrained(path: str, what: str):
         return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise AssetError(
-            f"could not load {what} from {path!r}: {str(err)[:300]}. The paper profile needs the Hugging "
+            f"could not load {what} from {path!r}: {' '.join(str(err).split())[:300]} The paper profile needs the Hugging "
             f"Face hub or a local copy: download '{ROBERTA_HUB_ID}' (e.g. `huggingface-cli download "
             f"{ROBERTA_HUB_ID} --local-dir DIR`) and set text_backbone='roberta-base@DIR'."
         ) from err

@@ -1,0 +1,5 @@
+import sys
+
+from cmpt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,32 @@
+"""Shared test set-up.
+
+Tests that need the real default assets (a one-off ~180 MB fetch from PyPI into the cmpt
+cache) or build a whole book are marked ``slow``; they run in CI too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SU2022 = ROOT.parent / "shared" / "data" / "su2022-roberta-prompts"
+
+# Nothing in the test suite may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def su2022_dir() -> Path:
+    if not SU2022.is_dir():
+        pytest.skip(f"published prompts not found at {SU2022}")
+    return SU2022
