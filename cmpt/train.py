@@ -1,0 +1,329 @@
+"""One training loop for every setting (linear probe, VPT, frozen / projection / attention transfer).
+
+The protocol follows ``shared/docs/method.md``: cross-entropy; Adam or SGD (momentum 0.9); no
+weight decay on biases and other 1-D parameters; learning rate ``base_lr * batch_size / 256``;
+linear warm-up then cosine, stepped once per epoch.
+
+Model selection (``TrainConfig.selection``):
+
+``"val"`` (default)
+    keep the trainable state of the epoch with the best validation accuracy (ties: the
+    *earliest* such epoch, i.e. early stopping) and evaluate the test set once, at the end.
+``"last"``
+    the final epoch; the test set is evaluated once, at the end.
+``"best_test"``
+    the original code's protocol: test accuracy every epoch, the maximum reported. That is
+    selection on the test set, so results carry the label :data:`BEST_TEST_PROTOCOL`.
+
+On return the model holds the selected state, so a trained prompt read from it matches the
+reported accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+__all__ = ["BEST_TEST_PROTOCOL", "PROTOCOLS", "Data", "FitResult", "TrainConfig", "evaluate", "fit",
+           "make_optimizer", "param_groups", "resolve_device", "warmup_cosine"]
+
+BEST_TEST_PROTOCOL = "best test accuracy over epochs (selection on test; the original code's protocol)"
+PROTOCOLS = {
+    "val": "test accuracy at the epoch of best validation accuracy (earliest on ties)",
+    "last": "test accuracy after the last epoch",
+    "best_test": BEST_TEST_PROTOCOL,
+}
+
+#: Inputs: a tensor, or a tuple / dict of tensors sharing the first dimension (e.g. text ids + mask).
+Inputs = Union[Tensor, tuple, list, dict]
+#: A split: ``(inputs, labels)`` tensors on the CPU, or a DataLoader yielding ``(inputs, labels)``.
+Data = Union[tuple, DataLoader]
+#: ``forward(model, inputs) -> logits``; the default calls ``model(inputs)``.
+Forward = Callable[[nn.Module, Any], Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one run.
+
+    ``warmup_epochs`` is capped at ``epochs // 2`` (:attr:`warmup`) so that short runs (the
+    smoke profile's 3 epochs) still reach the full learning rate and decay from it; the paper's
+    runs (100 epochs, 10 warm-up) are unaffected.
+    """
+
+    optimizer: str = "adam"  # "adam" or "sgd" (momentum 0.9)
+    base_lr: float = 0.005
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    epochs: int = 100
+    warmup_epochs: int = 10
+    scale_lr: bool = True  # lr = base_lr * batch_size / 256
+    seed: int = 42
+    selection: str = "val"  # "val", "last" or "best_test"
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    eval_every: int = 1  # validate every N epochs (and always after the last)
+    momentum: float = 0.9  # SGD only
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.selection not in PROTOCOLS:
+            raise ValueError(f"selection must be one of {', '.join(PROTOCOLS)}, got {self.selection!r}")
+        for name in ("batch_size", "epochs", "eval_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_epochs < 0 or self.base_lr <= 0 or self.weight_decay < 0:
+            raise ValueError("warmup_epochs and weight_decay must be >= 0 and base_lr > 0")
+
+    @property
+    def lr(self) -> float:
+        """The peak learning rate actually used."""
+        return self.base_lr * self.batch_size / 256 if self.scale_lr else self.base_lr
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up epochs actually used: ``min(warmup_epochs, epochs // 2)``."""
+        return min(self.warmup_epochs, self.epochs // 2)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    ``final``: val_acc, val_loss, test_acc, best_epoch (1-based), train_loss (of that epoch),
+    selection, protocol. ``history``: one dict per epoch (epoch, lr, train_loss, train_acc,
+    val_acc, val_loss and, for ``best_test``, test_acc; None where not evaluated).
+    ``state``: CPU copy of the trainable parameters of the selected epoch.
+    """
+
+    final: dict[str, Any]
+    history: list[dict[str, Any]]
+    n_trainable: int
+    state: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    def to_record(self) -> dict[str, Any]:
+        """The dict a :meth:`cmpt.results.ResultsStore.run` function returns."""
+        return {"final": {**self.final, "n_trainable": self.n_trainable}, "metrics_per_epoch": self.history}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+
+
+def param_groups(named_params: Iterable[tuple[str, Tensor]], weight_decay: float) -> list[dict[str, Any]]:
+    """Optimizer groups: weight decay on matrices (and prompts), none on biases and 1-D params (norms).
+
+    Frozen parameters are left out. Each group carries the parameter ``names`` for inspection.
+    """
+    decay: dict[str, list] = {"params": [], "names": [], "weight_decay": weight_decay}
+    no_decay: dict[str, list] = {"params": [], "names": [], "weight_decay": 0.0}
+    for name, param in named_params:
+        if not param.requires_grad:
+            continue
+        group = no_decay if param.ndim <= 1 or name.endswith("bias") else decay
+        group["params"].append(param)
+        group["names"].append(name)
+    return [g for g in (decay, no_decay) if g["params"]]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model.named_parameters(), cfg.weight_decay)
+    if not groups:
+        raise ValueError("the model has no parameter with requires_grad: nothing to train")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.Adam(groups, lr=cfg.lr)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-epoch schedule: factor ``(e+1)/warmup`` for epochs ``e < warmup``, then cosine.
+
+    The cosine runs over epochs ``warmup .. total-1`` from 1 towards 0 (it would reach 0 at
+    epoch ``total``). Unlike the VPT code's schedule, no epoch trains with lr 0. Call
+    ``step()`` once after each epoch.
+    """
+    if not 0 <= warmup < total:
+        raise ValueError(f"need 0 <= warmup < total, got warmup={warmup}, total={total}")
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup:
+            return (epoch + 1) / warmup
+        progress = (epoch - warmup) / (total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# -- data ------------------------------------------------------------------------------------
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
+
+
+def _take(inputs: Inputs, index: Tensor | slice) -> Inputs:
+    if isinstance(inputs, Tensor):
+        return inputs[index]
+    if isinstance(inputs, Mapping):
+        return {k: _take(v, index) for k, v in inputs.items()}
+    return type(inputs)(_take(v, index) for v in inputs)
+
+
+def _length(inputs: Inputs) -> int:
+    if isinstance(inputs, Tensor):
+        return inputs.shape[0]
+    first = next(iter(inputs.values() if isinstance(inputs, Mapping) else inputs))
+    return _length(first)
+
+
+def _check(split: str, data: Data) -> None:
+    if isinstance(data, DataLoader):
+        return
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise TypeError(f"{split} must be an (inputs, labels) pair of tensors or a DataLoader")
+    if _length(data[0]) != len(data[1]) or len(data[1]) == 0:
+        raise ValueError(f"{split}: {_length(data[0])} inputs and {len(data[1])} labels (need as many, and some)")
+
+
+def _batches(data: Data, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[Any, Tensor]]:
+    """Batches of a split; tensor splits are shuffled with ``generator`` when one is given."""
+    if isinstance(data, DataLoader):
+        yield from data
+        return
+    inputs, labels = data
+    n = len(labels)
+    order = torch.randperm(n, generator=generator) if generator is not None else None
+    for start in range(0, n, batch_size):
+        index = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
+        yield _take(inputs, index), labels[index]
+
+
+def _call(model: nn.Module, forward: Forward | None, inputs: Any) -> Tensor:
+    return model(inputs) if forward is None else forward(model, inputs)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Data, batch_size: int = 256, forward: Forward | None = None,
+             device: torch.device | str | None = None) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on a split, in eval mode; restores the mode."""
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    was_training = model.training
+    model.eval()
+    correct, loss, n = 0, 0.0, 0
+    try:
+        for inputs, labels in _batches(data, batch_size):
+            labels = labels.to(device)
+            logits = _call(model, forward, _to(inputs, device))
+            loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+            correct += (logits.argmax(-1) == labels).sum().item()
+            n += len(labels)
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    return {"acc": correct / n, "loss": loss / n}
+
+
+def _trainable(model: nn.Module) -> dict[str, Tensor]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _snapshot(model: nn.Module) -> dict[str, Tensor]:
+    return {name: p.detach().clone() for name, p in _trainable(model).items()}
+
+
+@torch.no_grad()
+def _restore(model: nn.Module, state: dict[str, Tensor]) -> None:
+    params = _trainable(model)
+    for name, value in state.items():
+        params[name].copy_(value)
+
+
+def fit(model: nn.Module, train: Data, val: Data | None, test: Data, cfg: TrainConfig,
+        forward: Forward | None = None) -> FitResult:
+    """Train the parameters of ``model`` that have ``requires_grad``; see the module doc.
+
+    ``model`` (or ``forward(model, inputs)``) maps a batch of inputs to logits. Splits are
+    ``(inputs, labels)`` CPU tensors (batches move to the device; the training set is shuffled
+    by a generator seeded with ``cfg.seed``) or DataLoaders (used as they are). The model is
+    moved to ``cfg.device`` and left there. ``val`` may be None unless ``selection == "val"``.
+    The global torch RNG is seeded with ``cfg.seed`` too (dropout in trainable modules).
+    """
+    if val is None and cfg.selection == "val":
+        raise ValueError("selection='val' needs a validation split; pass val or use selection='last'")
+    for split, data in (("train", train), ("val", val), ("test", test)):
+        if data is not None:
+            _check(split, data)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = warmup_cosine(optimizer, cfg.warmup, cfg.epochs)
+    n_trainable = sum(p.numel() for p in _trainable(model).values())
+
+    def run_eval(data: Data) -> dict[str, float]:
+        return evaluate(model, data, cfg.eval_batch_size, forward, device)
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None  # {"score", "row", "state"} of the selected epoch so far
+    bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", leave=False, disable=None)
+    for epoch in bar:
+        model.train()
+        lr = optimizer.param_groups[0]["lr"]
+        total_loss, correct, seen = 0.0, 0, 0
+        for inputs, labels in _batches(train, cfg.batch_size, generator):
+            labels = labels.to(device)
+            logits = _call(model, forward, _to(inputs, device))
+            loss = F.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(labels)
+            correct += (logits.detach().argmax(-1) == labels).sum().item()
+            seen += len(labels)
+        scheduler.step()
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": total_loss / seen, "train_acc": correct / seen,
+                               "val_acc": None, "val_loss": None}
+        if cfg.selection == "best_test":
+            row["test_acc"] = None
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            if val is not None:
+                v = run_eval(val)
+                row["val_acc"], row["val_loss"] = v["acc"], v["loss"]
+            if cfg.selection == "best_test":
+                row["test_acc"] = run_eval(test)["acc"]
+            score = {"val": row["val_acc"], "best_test": row.get("test_acc"), "last": epoch}[cfg.selection]
+            if best is None or score > best["score"]:  # strict: the earliest best epoch wins ties
+                best = {"score": score, "row": row, "state": _snapshot(model) if epoch < cfg.epochs else None}
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=row["val_acc"], refresh=False)
+        history.append(row)
+    bar.close()
+
+    assert best is not None  # the last epoch is always evaluated
+    if best["state"] is not None:
+        _restore(model, best["state"])
+    chosen = best["row"]
+    test_acc = chosen["test_acc"] if cfg.selection == "best_test" else run_eval(test)["acc"]
+    final = {"val_acc": chosen["val_acc"], "val_loss": chosen["val_loss"], "test_acc": test_acc,
+             "best_epoch": chosen["epoch"], "train_loss": chosen["train_loss"], "selection": cfg.selection,
+             "protocol": PROTOCOLS[cfg.selection]}
+    state = {name: p.detach().to("cpu", copy=True) for name, p in _trainable(model).items()}
+    return FitResult(final=final, history=history, n_trainable=n_trainable, state=state)
