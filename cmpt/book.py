@@ -252,7 +252,7 @@ def _stage_static(plan: BookPlan, all_chapters: list[Chapter]) -> None:
 
 def build_html(plan: BookPlan) -> Path:
     """Render the staged, executed book with Jupyter Book; warnings are errors."""
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(plan.staging), "--path-output", str(plan.out),
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(plan.staging), "--path-output", str(plan.out),
            "-W", "-n", "--keep-going"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -60,6 +60,8 @@ class Profile:
     prompt_layout: str = "before_cls"  # or "after_cls" (VPT)
     # training
     source_epochs: int = 10
+    source_lr: float = 1e-3  # Su et al.: AdamW 1e-3, no weight decay
+    source_batch_size: int = 16
     target_epochs: int = 100
     batch_size: int = 64
     seeds: tuple[int, ...] = (42, 44, 100)
@@ -87,7 +89,7 @@ class Profile:
         if self.selection not in ("val", "last", "best_test"):
             raise ProfileError(f"selection must be 'val', 'last' or 'best_test', got {self.selection!r}")
         for name in ("image_size", "n_train", "n_val", "n_test", "prompt_length", "batch_size",
-                     "text_max_length", "text_train", "text_val", "text_test"):
+                     "text_max_length", "text_train", "text_val", "text_test", "source_batch_size"):
             if getattr(self, name) <= 0:
                 raise ProfileError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.seeds:

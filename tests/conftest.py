@@ -30,3 +30,17 @@ def su2022_dir() -> Path:
     if not SU2022.is_dir():
         pytest.skip(f"published prompts not found at {SU2022}")
     return SU2022
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory) -> tuple[Path, str]:
+    """The whole book built once at the smoke profile: (output folder, runner's stdout)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("smoke-book")
+    env = {k: v for k, v in os.environ.items() if k not in ("CMPT_RECORDS", "MPLBACKEND")}
+    proc = subprocess.run([sys.executable, "-m", "cmpt", "book", "--profile", "smoke", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, f"smoke book failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return out, proc.stdout

@@ -1,0 +1,140 @@
+"""The book pipeline: every chapter under papermill at the smoke profile, the runner, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import papermill
+import pytest
+
+from cmpt.book import BookError, chapters, plan_book
+from cmpt.profiles import ProfileError, get_profile
+from cmpt.records import ENV_VAR, load_records
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = [c for c in chapters(ROOT) if c.is_notebook]
+SMOKE = get_profile("smoke")
+
+
+def _check_inputs(rec: dict) -> None:
+    L = SMOKE.prompt_length
+    assert rec["inputs/readout_index"] == {"before_cls": L, "after_cls": 0}
+    assert rec["inputs/vision_width"] == 32 and rec["inputs/text_width"] == 32
+    assert 0.0 < rec["inputs/prompt_attention_mass_last_block"] < 1.0
+    assert rec["inputs/feature_change_by_prompt"] > 0
+    tasks = rec["inputs/tasks"]
+    assert {t["task"] for t in tasks} == set(SMOKE.text_tasks) | set(SMOKE.image_tasks)
+    if "inputs/su2022_norm_spread" in rec:
+        assert 25 < rec["inputs/su2022_norm_spread"] < 35
+
+
+def _check_theory(rec: dict) -> None:
+    keys = [k for k in rec if k.startswith("theory/")]
+    assert keys, "the theory chapter recorded nothing"
+    assert all(v is not None for k, v in rec.items() if k.startswith("theory/"))
+
+
+#: what each chapter must have recorded at the smoke profile; a new chapter needs an entry
+CHECKS = {
+    "inputs": _check_inputs,
+    "theory_prompt_attention": _check_theory,
+}
+
+
+def test_every_chapter_has_a_check():
+    assert {c.stem for c in NOTEBOOKS} <= set(CHECKS), "add a CHECKS entry for each new chapter"
+
+
+@pytest.mark.parametrize("chapter", NOTEBOOKS, ids=[c.stem for c in NOTEBOOKS])
+def test_chapter_runs_at_smoke_and_records_its_numbers(chapter, tmp_path, monkeypatch):
+    records = tmp_path / "records.json"
+    monkeypatch.setenv(ENV_VAR, str(records))
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    papermill.execute_notebook(str(chapter.source), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                               parameters={"profile": "smoke", "overrides": {}}, cwd=str(chapter.source.parent),
+                               progress_bar=False)
+    CHECKS[chapter.stem](load_records(records))
+
+
+def test_notebooks_are_committed_without_outputs():
+    for chapter in NOTEBOOKS:
+        nb = json.loads(chapter.source.read_text())
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                assert not cell["outputs"] and cell["execution_count"] is None, f"{chapter.entry} has outputs"
+        tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{chapter.entry} needs exactly one cell tagged 'parameters'"
+        assert re.search(r"^profile = \"default\"$", "".join(tagged[0]["source"]), re.M)
+
+
+def test_plan_routes_overrides_and_rejects_unknown_names(tmp_path):
+    plan = plan_book(ROOT, tmp_path, "smoke", {"image_size": 48, "su2022_dir": "/x"})
+    for chapter in plan.chapters:
+        if chapter.is_notebook:
+            params = plan.parameters[chapter.entry]
+            assert params["profile"] == "smoke" and params["overrides"] == {"image_size": 48}
+    assert plan.parameters["book/inputs"]["su2022_dir"] == "/x"
+    with pytest.raises(ProfileError, match="unknown parameter\\(s\\) bogus.*Profile parameters:.*image_size"):
+        plan_book(ROOT, tmp_path, "smoke", {"bogus": 1})
+    with pytest.raises(ProfileError, match="valid profiles"):
+        plan_book(ROOT, tmp_path, "huge", {})
+    with pytest.raises(BookError, match="unknown chapter"):
+        plan_book(ROOT, tmp_path, "smoke", {}, only=["nope"])
+
+
+def _cmpt(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in (ENV_VAR, "MPLBACKEND")}
+    return subprocess.run([sys.executable, "-m", "cmpt", *args], cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def test_cli_rejects_bad_input_clearly(tmp_path):
+    bad = _cmpt("book", "--profile", "smoke", "--out", str(tmp_path), "-p", "epochz", "3")
+    assert bad.returncode == 2 and "unknown parameter(s) epochz" in bad.stderr
+    bad = _cmpt("book", "--profile", "laptop", "--out", str(tmp_path))
+    assert bad.returncode == 2 and "valid profiles: smoke, default, paper" in bad.stderr
+    listed = _cmpt("profiles", "-v")
+    assert listed.returncode == 0 and "prompt_layout = 'before_cls'" in listed.stdout
+
+
+@pytest.mark.slow
+def test_failing_chapter_stops_the_build_naming_notebook_and_cell(tmp_path):
+    # tiny-vit cannot cut 30-pixel images into patches: the inputs chapter fails in a known cell
+    proc = _cmpt("book", "--profile", "smoke", "--out", str(tmp_path), "--only", "inputs", "-p", "image_size", "30")
+    assert proc.returncode == 1
+    assert re.search(r"chapter book/inputs\.ipynb failed in cell \[\d+\] with ValueError", proc.stderr)
+    assert (tmp_path / "_build" / "failed" / "inputs.ipynb").exists()
+    assert not (tmp_path / "_build" / "executed" / "book" / "inputs.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_smoke_book_builds_every_chapter_with_figures(smoke_book):
+    out, first = smoke_book
+    html = out / "_build" / "html"
+    assert (html / "index.html").exists()
+    for chapter in chapters(ROOT):
+        page = html / (chapter.entry + ".html")
+        assert page.exists(), f"{chapter.entry} missing from the HTML book"
+        text = page.read_text()
+        if chapter.is_notebook:
+            assert "<img" in text, f"{chapter.entry} has no figure"
+            assert re.search(r"\d+\.\d+", text), f"{chapter.entry} shows no numbers"
+    assert "executing" in first
+    # the sources stay clean: executed copies live under the output folder only
+    assert not any(cell.get("outputs") for c in NOTEBOOKS for cell in json.loads(c.source.read_text())["cells"])
+
+
+@pytest.mark.slow
+def test_second_build_reuses_every_chapter(smoke_book):
+    out, _ = smoke_book
+    again = _cmpt("book", "--profile", "smoke", "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert "executing" not in again.stdout
+    assert again.stdout.count("unchanged, cached") == len(NOTEBOOKS)
+    # another profile override invalidates the cache
+    plan = plan_book(ROOT, out, "smoke", {"image_size": 48})
+    assert plan.parameters[NOTEBOOKS[0].entry]["overrides"] == {"image_size": 48}
