@@ -28,6 +28,8 @@ import yaml
 from cmpt.profiles import PROFILE_FIELDS, ProfileError, get_profile
 from cmpt.records import ENV_VAR
 
+RESULTS_ENV = "CMPT_RESULTS"  # read by cmpt.experiments.results_store
+
 __all__ = ["BookError", "BookPlan", "Chapter", "build_book", "chapters", "find_root", "plan_book"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -186,8 +188,9 @@ def _execute(plan: BookPlan, chapter: Chapter, params: dict[str, Any]) -> None:
     records = plan.records / (chapter.stem + ".json")
     records.parent.mkdir(parents=True, exist_ok=True)
     records.unlink(missing_ok=True)
-    env_before = {k: os.environ.get(k) for k in (ENV_VAR, "MPLBACKEND")}
+    env_before = {k: os.environ.get(k) for k in (ENV_VAR, RESULTS_ENV, "MPLBACKEND")}
     os.environ[ENV_VAR] = str(records)
+    os.environ[RESULTS_ENV] = str(plan.out / "_build" / "results")  # run records, shared by chapters
     os.environ.pop("MPLBACKEND", None)  # Agg would stop figures being captured
     partial = target.with_name(target.name + ".part.ipynb")
     try:

@@ -52,6 +52,7 @@ class Profile:
     n_test: int = 1000  # test images per image task (capped by what the task has)
     # text side
     text_max_length: int = 128
+    text_readout: str = "first_token"  # or "mean" over the real tokens
     text_train: int = 2000  # training sentences per source task
     text_val: int = 500
     text_test: int = 1000
@@ -86,6 +87,8 @@ class Profile:
     def validate(self) -> None:
         if self.prompt_layout not in ("before_cls", "after_cls"):
             raise ProfileError(f"prompt_layout must be 'before_cls' or 'after_cls', got {self.prompt_layout!r}")
+        if self.text_readout not in ("first_token", "mean"):
+            raise ProfileError(f"text_readout must be 'first_token' or 'mean', got {self.text_readout!r}")
         if self.selection not in ("val", "last", "best_test"):
             raise ProfileError(f"selection must be 'val', 'last' or 'best_test', got {self.selection!r}")
         for name in ("image_size", "n_train", "n_val", "n_test", "prompt_length", "batch_size",
@@ -136,11 +139,14 @@ SMOKE = Profile(
     n_val=32,
     n_test=64,
     text_max_length=16,
+    text_readout="mean",  # a random encoder's first token carries little; the mean does
     text_train=128,
     text_val=64,
     text_test=64,
     prompt_length=4,
-    source_epochs=2,
+    source_epochs=6,
+    source_lr=0.05,
+    source_batch_size=32,
     target_epochs=3,
     batch_size=32,
     seeds=(42,),
