@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -39,9 +40,44 @@ def _check_theory(rec: dict) -> None:
     assert all(v is not None for k, v in rec.items() if k.startswith("theory/"))
 
 
+def _check_source_prompts(rec: dict) -> None:
+    for task in SMOKE.text_tasks:
+        assert 0.0 <= rec[f"source/{task}/test_acc"] <= 1.0 and rec[f"source/{task}/norm"] > 0
+    assert rec["source/beats_majority"] >= 1  # the smoke keyword tasks are learnable
+    assert f"ours ({SMOKE.text_backbone})" in rec["source/norm_spread"]
+
+
+def _check_baselines(rec: dict) -> None:
+    for setting in ("linear", "vpt"):
+        for task in SMOKE.image_tasks:
+            assert 0.0 <= rec[f"baselines/{setting}/{task}"] <= 1.0
+        assert rec[f"baselines/{setting}/mean_of_group_means"] is not None
+
+
+def _check_transfer(rec: dict) -> None:
+    for setting in ("projection", "frozen"):  # tiny-bert and tiny-vit are both 32 wide
+        for source in SMOKE.text_tasks:
+            for target in SMOKE.image_tasks:
+                assert 0.0 <= rec[f"transfer/{setting}/{source}/{target}"] <= 1.0
+    assert set(rec["transfer/best_source"]) == {"projection", "frozen"}
+    assert {"linear", "random"} <= {k.split("/")[1] for k in rec if k.endswith("mean_of_group_means")}
+
+
+def _check_attention(rec: dict) -> None:
+    assert set(rec["attention/best_source_by_val"]) == set(SMOKE.image_tasks)
+    L = SMOKE.prompt_length
+    for ls in (L, L // 2):
+        assert rec[f"attention/attention l_s={ls}/mean_of_group_means"] is not None
+    assert 0.0 <= rec["attention/query_entropy"] <= math.log(L) + 1e-6
+
+
 #: what each chapter must have recorded at the smoke profile; a new chapter needs an entry
 CHECKS = {
     "inputs": _check_inputs,
+    "source_prompts": _check_source_prompts,
+    "baselines": _check_baselines,
+    "transfer": _check_transfer,
+    "attention_transfer": _check_attention,
     "theory_prompt_attention": _check_theory,
 }
 
@@ -55,6 +91,7 @@ def test_chapter_runs_at_smoke_and_records_its_numbers(chapter, tmp_path, monkey
     records = tmp_path / "records.json"
     monkeypatch.setenv(ENV_VAR, str(records))
     monkeypatch.delenv("MPLBACKEND", raising=False)
+    monkeypatch.setenv("CMPT_RESULTS", str(tmp_path / "results"))  # fresh runs, not the user cache
     papermill.execute_notebook(str(chapter.source), str(tmp_path / "out.ipynb"), kernel_name="python3",
                                parameters={"profile": "smoke", "overrides": {}}, cwd=str(chapter.source.parent),
                                progress_bar=False)
