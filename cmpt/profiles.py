@@ -52,7 +52,7 @@ class Profile:
     n_test: int = 1000  # test images per image task (capped by what the task has)
     # text side
     text_max_length: int = 128
-    text_readout: str = "first_token"  # or "mean" over the real tokens
+    text_readout: str = "first_token"  # "mean" over the real tokens, or "mask" (MLM verbaliser)
     text_train: int = 2000  # training sentences per source task
     text_val: int = 500
     text_test: int = 1000
@@ -87,8 +87,8 @@ class Profile:
     def validate(self) -> None:
         if self.prompt_layout not in ("before_cls", "after_cls"):
             raise ProfileError(f"prompt_layout must be 'before_cls' or 'after_cls', got {self.prompt_layout!r}")
-        if self.text_readout not in ("first_token", "mean"):
-            raise ProfileError(f"text_readout must be 'first_token' or 'mean', got {self.text_readout!r}")
+        if self.text_readout not in ("first_token", "mean", "mask"):
+            raise ProfileError(f"text_readout must be 'first_token', 'mean' or 'mask', got {self.text_readout!r}")
         if self.selection not in ("val", "last", "best_test"):
             raise ProfileError(f"selection must be 'val', 'last' or 'best_test', got {self.selection!r}")
         for name in ("image_size", "n_train", "n_val", "n_test", "prompt_length", "batch_size",

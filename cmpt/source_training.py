@@ -22,19 +22,34 @@ __all__ = ["TextPromptClassifier", "nearest_tokens", "tokenize_split", "train_so
 
 
 class TextPromptClassifier(nn.Module):
-    """Trainable prompt + head around a frozen :class:`PromptedTextEncoder`."""
+    """Trainable prompt + classifier around a frozen :class:`PromptedTextEncoder`.
 
-    def __init__(self, encoder: PromptedTextEncoder, length: int, num_classes: int, seed: int = 0) -> None:
+    With a linear head by default; with ``label_words`` (and an encoder loaded with
+    ``readout="mask"``) the classes are scored by the frozen MLM head's logits of those words
+    at the mask position, as in Su et al. — then only the prompt trains.
+    """
+
+    def __init__(self, encoder: PromptedTextEncoder, length: int, num_classes: int, seed: int = 0,
+                 label_words: list[str] | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         gen = torch.Generator().manual_seed(seed)
         vocab = encoder.model.get_input_embeddings().weight
         picks = torch.randint(0, vocab.shape[0], (length,), generator=gen)
         self.prompt = nn.Parameter(vocab[picks].detach().clone())
-        self.head = nn.Linear(encoder.width, num_classes)
+        if label_words is not None:
+            if len(label_words) != num_classes:
+                raise ValueError(f"{len(label_words)} label words for {num_classes} classes")
+            self.register_buffer("word_ids", encoder.label_word_ids(label_words))
+            self.head = None
+        else:
+            self.head = nn.Linear(encoder.width, num_classes)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(self.encoder(inputs["input_ids"], inputs["attention_mask"], prompt=self.prompt))
+        features = self.encoder(inputs["input_ids"], inputs["attention_mask"], prompt=self.prompt)
+        if self.head is None:
+            return self.encoder.mask_logits(features, self.word_ids)
+        return self.head(features)
 
 
 def tokenize_split(encoder: PromptedTextEncoder, texts: list[str], labels: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

