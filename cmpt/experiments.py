@@ -101,14 +101,14 @@ def prepare_target(name: str, cfg: Profile, backbone: PromptedViT) -> TargetData
 
 def target_config(cfg: Profile, setting: str, target: str, seed: int, source: str | None = None,
                   lr: float = 0.005, weight_decay: float = 0.0, epochs: int | None = None,
-                  concentrated: int | None = None, optimizer: str = "adam") -> dict[str, Any]:
+                  concentrated: int | None = None, optimizer: str = "adam", scaled: bool = False) -> dict[str, Any]:
     """Everything that determines one target-side run."""
     return {"kind": "target", "setting": setting, "target": target, "source": source, "seed": seed,
             "vision_backbone": cfg.vision_backbone, "text_backbone": cfg.text_backbone if source else None,
             "image_size": cfg.image_size, "layout": cfg.prompt_layout, "length": cfg.prompt_length,
             "sizes": [cfg.n_train, cfg.n_val, cfg.n_test], "epochs": epochs or cfg.target_epochs,
             "batch_size": cfg.batch_size, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
-            "concentrated": concentrated, "selection": cfg.selection, "source_epochs": cfg.source_epochs if source else None}
+            "concentrated": concentrated, "scaled": scaled, "selection": cfg.selection, "source_epochs": cfg.source_epochs if source else None}
 
 
 def _train_config(config: dict[str, Any], device: str) -> TrainConfig:
@@ -124,7 +124,8 @@ def run_target(config: dict[str, Any], backbone: PromptedViT, data: TargetData, 
     torch.manual_seed(config["seed"])
     prompt_source = make_prompt_source(config["setting"], backbone, config["length"],
                                        source=None if source is None else source.tensor,
-                                       concentrated=config.get("concentrated"), reference_norm=reference_norm,
+                                       concentrated=config.get("concentrated"), scaled=config.get("scaled", False),
+                                       reference_norm=reference_norm,
                                        seed=config["seed"])
     model = PromptedClassifier(backbone, prompt_source, data.task.num_classes)
     train_cfg = _train_config(config, device)

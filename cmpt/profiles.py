@@ -157,7 +157,8 @@ DEFAULT = Profile(
     name="default",
     text_backbone="minilm-l6",
     vision_backbone="dinov2-s14",
-    text_tasks=("rotten_tomatoes", "vader_tweets", "vader_amazon", "vader_nyt", "text_domain"),
+    # four sources (vader_nyt is also loadable; it is left out of the bank to fit the budget)
+    text_tasks=("rotten_tomatoes", "vader_tweets", "vader_amazon", "text_domain"),
     image_tasks=("animals", "digits", "textures", "faces", "dsprites_loc", "dsprites_ori", "clevr_count"),
     # Sized for a 2-core laptop CPU (the book's chapters say what each choice costs): the
     # images are small natively (8-64 px), so 56 px (4x4 DINOv2 patches) loses little, and a
@@ -174,7 +175,7 @@ DEFAULT = Profile(
     source_epochs=3,
     source_lr=1e-2,  # Su et al. use 1e-3 over 64-1280 epochs; we have 3
     source_batch_size=32,
-    target_epochs=8,
+    target_epochs=6,
     batch_size=32,
     seeds=(42,),
     description="small pretrained backbones and real data from registry packages; CPU, no hub",

@@ -69,6 +69,7 @@ def _check_attention(rec: dict) -> None:
     for ls in (L, L // 2):
         assert rec[f"attention/attention l_s={ls}/mean_of_group_means"] is not None
     assert 0.0 <= rec["attention/query_entropy"] <= math.log(L) + 1e-6
+    assert set(rec["attention/l_s_sweep"]) == {"0", str(L // 4), str(L // 2), str(L)}
 
 
 #: what each chapter must have recorded at the smoke profile; a new chapter needs an entry
