@@ -21,7 +21,7 @@ Choices made here (the paper's step sizes and debiasing are not confirmed):
   classes, and whatever ``w2`` picked up along it (from the finite-sample label balance of ``S3``
   or from an imperfect ``q1``) shifts ``f`` by a label-free offset. ``b`` puts the threshold
   midway between the two class means of ``f`` on ``S3``. (Projecting ``q1`` out of ``w2``
-  instead was tried and was worse at every ``n``.) ``debias=False`` gives ``b = 0``.
+  instead was tried; it was worse than the intercept at every ``n`` we ran.) ``debias=False`` gives ``b = 0``.
 
 Gradients are taken by autograd on :func:`cmpt.theory.models.forward`, not by hand.
 """

@@ -43,7 +43,8 @@ from torch import nn
 from cmpt.backbones.vision import record_attention
 
 __all__ = ["CONSTRUCTIONS", "TILE", "DigitPools", "TileSet", "digit_pools", "make_tiles", "tiny_tile_vit",
-           "pretrain_backbone", "backbone_tile_accuracy", "tile_tokens", "PromptAttentionHead", "train_head", "fine_tune",
+           "pretrain_backbone", "backbone_tile_accuracy", "tile_tokens", "PromptAttentionHead", "train_head",
+           "fine_tune",
            "fine_tuned_tile_attention", "run_tiles"]
 
 TILE = 10  # pixels per tile side (8 x 8 digit + 1-pixel margin)
@@ -115,7 +116,10 @@ def make_tiles(construction: str, n: int, images: torch.Tensor, labels: torch.Te
     if construction not in CONSTRUCTIONS:
         raise ValueError(f"unknown construction {construction!r}; valid: {', '.join(CONSTRUCTIONS)}")
     gen = torch.Generator().manual_seed(seed)
-    relevant_classes, distractor_classes = (range(0, 5), range(5, 10)) if construction == "C" else (range(10), range(10))
+    if construction == "C":
+        relevant_classes, distractor_classes = range(0, 5), range(5, 10)
+    else:
+        relevant_classes = distractor_classes = range(10)
     rel = _draw(labels, relevant_classes, n, gen)
     dis = _draw(labels, distractor_classes, n * 3, gen).view(n, 3)
     tile = torch.zeros(n, dtype=torch.long) if construction == "B" else torch.randint(4, (n,), generator=gen)
@@ -133,9 +137,10 @@ def tiny_tile_vit(seed: int = 0) -> nn.Module:
     """The tiny ViT: 20 x 20 grey input, patch 10 (one token per tile), width 32, depth 2, CLS."""
     from timm.models.vision_transformer import VisionTransformer
 
-    torch.manual_seed(seed)
-    return VisionTransformer(img_size=GRID * TILE, patch_size=TILE, in_chans=1, embed_dim=32, depth=2,
-                             num_heads=2, mlp_ratio=2.0, num_classes=0)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return VisionTransformer(img_size=GRID * TILE, patch_size=TILE, in_chans=1, embed_dim=32, depth=2,
+                                 num_heads=2, mlp_ratio=2.0, num_classes=0)
 
 
 def pretrain_backbone(pools: DigitPools, n_canvases: int, epochs: int, seed: int = 0,
@@ -150,7 +155,9 @@ def pretrain_backbone(pools: DigitPools, n_canvases: int, epochs: int, seed: int
     idx = torch.randint(len(pools.train_labels), (n_canvases, 4), generator=gen)
     images, targets = _compose(pools.train_images[idx]), pools.train_labels[idx]
     vit = tiny_tile_vit(seed)
-    head = nn.Linear(vit.embed_dim, 10)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        head = nn.Linear(vit.embed_dim, 10)
     params = list(vit.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.1)
     steps = max(1, epochs * ((n_canvases + batch_size - 1) // batch_size))
@@ -206,8 +213,9 @@ class PromptAttentionHead(nn.Module):
 def train_head(tokens: torch.Tensor, labels: torch.Tensor, n_classes: int, uniform: bool = False,
                steps: int = 300, lr: float = 0.05, seed: int = 0) -> PromptAttentionHead:
     """Full-batch Adam on cross-entropy for a :class:`PromptAttentionHead` (prompt + head only)."""
-    torch.manual_seed(seed)
-    model = PromptAttentionHead(tokens.shape[-1], n_classes, uniform=uniform)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = PromptAttentionHead(tokens.shape[-1], n_classes, uniform=uniform)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     for _ in range(steps):
         loss = F.cross_entropy(model(tokens), labels)
@@ -230,8 +238,9 @@ class _FineTuned(nn.Module):
 def fine_tune(vit: nn.Module, train: TileSet, epochs: int, seed: int = 0, lr: float = 1e-3,
               batch_size: int = 64) -> nn.Module:
     """A copy of ``vit`` with every parameter trainable plus a CLS head; AdamW, constant lr."""
-    torch.manual_seed(seed)
-    model = _FineTuned(copy.deepcopy(vit), train.n_classes)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = _FineTuned(copy.deepcopy(vit), train.n_classes)
     for p in model.parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -264,8 +273,10 @@ def run_tiles(constructions: tuple[str, ...], n_train: tuple[int, ...], n_test: 
               finetune_epochs: int = 30, pool_seed: int = 0) -> tuple[pd.DataFrame, dict[str, float]]:
     """Prompt-tuning vs linear probe vs fine-tuning on every construction, size and seed.
 
-    Returns one row per (construction, method, n_train, seed) with ``accuracy`` and
-    ``relevant_tile_mass``, and facts about the pre-trained backbone (its per-tile test accuracy).
+    One backbone is pre-trained (seed ``pool_seed``) and shared; the seeds vary the composite
+    images and the adaptation. Returns one row per (construction, method, n_train, seed) with
+    ``accuracy`` and ``relevant_tile_mass``, and facts about the pre-trained backbone (its
+    per-tile test accuracy).
     """
     pools = digit_pools(pool_seed)
     vit, tile_head = pretrain_backbone(pools, pretrain_canvases, pretrain_epochs, seed=pool_seed)
