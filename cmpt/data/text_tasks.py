@@ -28,14 +28,13 @@ disagree on the label.
 from __future__ import annotations
 
 import html
-import tarfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from cmpt.assets import AssetError, package_file
+from cmpt.assets import AssetError, archive_member, package_file
 from cmpt.backbones.text import TINY_WORDS
 from cmpt.data.splits import SPLIT_SEED, split_indices
 from cmpt.data.text_hub import HUB_TASKS, hub_pools
@@ -129,14 +128,7 @@ def _rotten_tomatoes(_: int) -> tuple[list[str], np.ndarray]:
 def _vader_corpus(corpus: str) -> list[tuple[str, float]]:
     """(text, mean rating) rows of one VADER ground-truth file, read from the nested archive."""
     member = f"hutto_ICWSM_2014/{VADER_FILES[corpus]}_GroundTruth.txt"
-    with tarfile.open(package_file(*VADER, sdist=True)) as tf:
-        try:
-            handle = tf.extractfile(member)
-        except KeyError:
-            handle = None
-        if handle is None:
-            raise AssetError(f"the VADER archive holds no file {member!r}")
-        raw = handle.read().decode("utf-8")
+    raw = archive_member(package_file(*VADER, sdist=True), member).decode("utf-8")
     rows = []
     for lineno, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
