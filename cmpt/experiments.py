@@ -106,7 +106,8 @@ def target_config(cfg: Profile, setting: str, target: str, seed: int, source: st
     return {"kind": "target", "setting": setting, "target": target, "source": source, "seed": seed,
             "vision_backbone": cfg.vision_backbone, "text_backbone": cfg.text_backbone if source else None,
             "image_size": cfg.image_size, "layout": cfg.prompt_layout, "length": cfg.prompt_length,
-            "sizes": [cfg.n_train, cfg.n_val, cfg.n_test], "epochs": epochs or cfg.target_epochs,
+            "sizes": [cfg.n_train, cfg.n_val, cfg.n_test],
+            "epochs": epochs or (cfg.head_epochs if setting in HEAD_ONLY else cfg.target_epochs),
             "batch_size": cfg.batch_size, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
             "concentrated": concentrated, "scaled": scaled, "selection": cfg.selection, "source_epochs": cfg.source_epochs if source else None}
 

@@ -64,6 +64,7 @@ class Profile:
     source_lr: float = 1e-3  # Su et al.: AdamW 1e-3, no weight decay
     source_batch_size: int = 16
     target_epochs: int = 100
+    head_epochs: int = 100  # head-only settings (linear, frozen, random) train on cached features
     batch_size: int = 64
     seeds: tuple[int, ...] = (42, 44, 100)
     selection: str = "val"  # "val", "last" or "best_test" (the original code's; labelled)
@@ -92,7 +93,8 @@ class Profile:
         if self.selection not in ("val", "last", "best_test"):
             raise ProfileError(f"selection must be 'val', 'last' or 'best_test', got {self.selection!r}")
         for name in ("image_size", "n_train", "n_val", "n_test", "prompt_length", "batch_size",
-                     "text_max_length", "text_train", "text_val", "text_test", "source_batch_size"):
+                     "text_max_length", "text_train", "text_val", "text_test", "source_batch_size",
+                     "target_epochs", "head_epochs", "source_epochs"):
             if getattr(self, name) <= 0:
                 raise ProfileError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.seeds:
@@ -148,6 +150,7 @@ SMOKE = Profile(
     source_lr=0.05,
     source_batch_size=32,
     target_epochs=3,
+    head_epochs=5,
     batch_size=32,
     seeds=(42,),
     description="tiny random backbones and generated data; seconds per chapter, for tests",
@@ -175,7 +178,8 @@ DEFAULT = Profile(
     source_epochs=3,
     source_lr=1e-2,  # Su et al. use 1e-3 over 64-1280 epochs; we have 3
     source_batch_size=32,
-    target_epochs=6,
+    target_epochs=12,
+    head_epochs=60,  # cheap on cached features; 80 images are only 3 steps an epoch
     batch_size=32,
     seeds=(42,),
     description="small pretrained backbones and real data from registry packages; CPU, no hub",
