@@ -4,31 +4,40 @@ Data flows one way: profile -> backbones and tasks -> runs (each a config dict h
 the :class:`~cmpt.results.ResultsStore`) -> tables for the chapters. Every run is skipped
 when its record exists, so chapters share work (the transfer chapter reuses the baselines'
 linear-probe runs) and an interrupted build resumes.
+
+Beside each target run's record, :func:`target_sweep` keeps what the trained model's forward
+depends on — the prompt it feeds the backbone and the head (``models/<hash>.safetensors``, a
+few tens of KB at the default profile) — so a later chapter can inspect a trained model
+(:func:`load_trained`) without training it again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
 from cmpt.assets import cache_dir
 from cmpt.backbones import PromptedTextEncoder, PromptedViT, load_text_backbone, load_vision_backbone
-from cmpt.data import ImageTask, load_image_task, load_text_task, to_tensor
+from cmpt.data import ImageTask, fraction_indices, kshot_indices, load_image_task, load_text_task, to_tensor
 from cmpt.features import cls_features, embed_tokens
 from cmpt.profiles import Profile
 from cmpt.prompts import Prompt, load_prompt, save_prompt
-from cmpt.results import ResultsStore, sweep
+from cmpt.results import ResultsStore, config_hash, sweep
 from cmpt.source_training import train_source_prompt
 from cmpt.train import TrainConfig, fit, resolve_device
-from cmpt.transfer import HEAD_ONLY, PromptedClassifier, make_prompt_source
+from cmpt.transfer import HEAD_ONLY, PromptedClassifier, PromptSource, make_prompt_source
 
-__all__ = ["RESULTS_ENV", "SETTING_HPARAMS", "TargetData", "prepare_target", "results_store", "run_target",
-           "setting_configs", "source_bank", "source_config", "target_config", "target_sweep"]
+__all__ = ["RESULTS_ENV", "SETTING_HPARAMS", "SavedPrompt", "TargetData", "build_classifier", "load_trained",
+           "model_path", "prepare_target", "reference_norm", "results_store", "run_target", "save_trained",
+           "setting_configs", "source_bank", "source_config", "subset_indices", "target_config", "target_sweep"]
 
 RESULTS_ENV = "CMPT_RESULTS"  # the book runner points it at OUT/_build/results
 
@@ -84,9 +93,28 @@ class TargetData:
     task: ImageTask
     tokens: dict[str, torch.Tensor]
     labels: dict[str, torch.Tensor]
+    #: CLS features per (backbone, fixed prompt), the last few kept, so head-only runs on training
+    #: subsets go through the backbone once
+    features: dict[tuple, list[torch.Tensor]] = field(default_factory=dict, repr=False)
+    keep_features: int = field(default=4, repr=False)
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tokens[name], self.labels[name]
+
+    def head_features(self, backbone: PromptedViT, prompt: torch.Tensor | None,
+                      device: torch.device | str = "cpu") -> list[torch.Tensor]:
+        """Final-norm CLS features of the train, val and test splits behind a fixed ``prompt`` (cached)."""
+        digest = None
+        if prompt is not None:
+            values = prompt.detach().cpu().float().contiguous().numpy()
+            digest = hashlib.sha256(values.tobytes() + str(values.shape).encode()).hexdigest()
+        key = (id(backbone), backbone.layout, digest)
+        if key not in self.features:
+            while len(self.features) >= self.keep_features:
+                self.features.pop(next(iter(self.features)))  # the oldest
+            self.features[key] = [cls_features(backbone, self.tokens[s], prompt, device=device)
+                                  for s in ("train", "val", "test")]
+        return self.features[key]
 
 
 def prepare_target(name: str, cfg: Profile, backbone: PromptedViT) -> TargetData:
@@ -101,8 +129,45 @@ def prepare_target(name: str, cfg: Profile, backbone: PromptedViT) -> TargetData
 
 def target_config(cfg: Profile, setting: str, target: str, seed: int, source: str | None = None,
                   lr: float = 0.005, weight_decay: float = 0.0, epochs: int | None = None,
-                  concentrated: int | None = None, optimizer: str = "adam", scaled: bool = False) -> dict[str, Any]:
-    """Everything that determines one target-side run."""
+                  concentrated: int | None = None, optimizer: str = "adam", scaled: bool = False,
+                  train_subset: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything that determines one target-side run.
+
+    ``train_subset`` (e.g. ``{"kind": "kshot", "k": 4, "seed": 42}`` or ``{"kind": "fraction",
+    "fraction": 0.25, "seed": 42}``) trains on that fixed subset of the train split (see
+    :func:`subset_indices`); validation and test stay whole. Without it the config has no
+    ``train_subset`` key, so full-data configs (and their stored hashes) are unchanged.
+    """
+    config = _target_config(cfg, setting, target, seed, source, lr, weight_decay, epochs, concentrated,
+                            optimizer, scaled)
+    if train_subset is not None:
+        config["train_subset"] = _check_subset(train_subset)
+    return config
+
+
+def _check_subset(spec: Mapping[str, Any]) -> dict[str, Any]:
+    kinds = {"kshot": "k", "fraction": "fraction"}
+    if spec.get("kind") not in kinds or set(spec) != {"kind", kinds[spec["kind"]], "seed"}:
+        raise ValueError(f"train_subset must be {{'kind': 'kshot', 'k', 'seed'}} or "
+                         f"{{'kind': 'fraction', 'fraction', 'seed'}}, got {dict(spec)!r}")
+    return dict(spec)
+
+
+def subset_indices(task: ImageTask, spec: Mapping[str, Any], sizes: list[int] | tuple[int, ...]) -> np.ndarray:
+    """Pool indices of the training subset ``spec`` of ``task`` (saved; nested across k / fraction).
+
+    ``sizes`` are the requested (train, val, test) sizes of the run; they name the saved file.
+    """
+    spec = _check_subset(spec)
+    key = f"image-{task.name}-{'-'.join(str(int(n)) for n in sizes)}"
+    if spec["kind"] == "kshot":
+        return kshot_indices(task.labels, task.splits["train"], int(spec["k"]), int(spec["seed"]), task=key)
+    return fraction_indices(task.labels, task.splits["train"], float(spec["fraction"]), int(spec["seed"]), task=key)
+
+
+def _target_config(cfg: Profile, setting: str, target: str, seed: int, source: str | None, lr: float,
+                   weight_decay: float, epochs: int | None, concentrated: int | None, optimizer: str,
+                   scaled: bool) -> dict[str, Any]:
     return {"kind": "target", "setting": setting, "target": target, "source": source, "seed": seed,
             "vision_backbone": cfg.vision_backbone, "text_backbone": cfg.text_backbone if source else None,
             "image_size": cfg.image_size, "layout": cfg.prompt_layout, "length": cfg.prompt_length,
@@ -119,39 +184,114 @@ def _train_config(config: dict[str, Any], device: str) -> TrainConfig:
                        selection=config["selection"], device=device)
 
 
-def run_target(config: dict[str, Any], backbone: PromptedViT, data: TargetData, source: Prompt | None,
-               reference_norm: float = 1.0, device: str = "auto", cache_features: bool = True) -> dict[str, Any]:
-    """Train one setting on one target; head-only settings train on cached CLS features."""
+def build_classifier(config: Mapping[str, Any], backbone: PromptedViT, num_classes: int, source: Prompt | None,
+                     reference_norm: float = 1.0) -> PromptedClassifier:
+    """The untrained model of ``config`` (seeded by its seed, so frozen parts are reproducible)."""
     torch.manual_seed(config["seed"])
     prompt_source = make_prompt_source(config["setting"], backbone, config["length"],
                                        source=None if source is None else source.tensor,
                                        concentrated=config.get("concentrated"), scaled=config.get("scaled", False),
                                        reference_norm=reference_norm,
                                        seed=config["seed"])
-    model = PromptedClassifier(backbone, prompt_source, data.task.num_classes)
+    return PromptedClassifier(backbone, prompt_source, num_classes)
+
+
+def run_target(config: dict[str, Any], backbone: PromptedViT, data: TargetData, source: Prompt | None,
+               reference_norm: float = 1.0, device: str = "auto", cache_features: bool = True,
+               return_model: bool = False) -> dict[str, Any] | tuple[dict[str, Any], PromptedClassifier]:
+    """Train one setting on one target; head-only settings train on cached CLS features.
+
+    With ``config["train_subset"]`` the train split is cut to that subset (its size is recorded
+    as ``n_train``). With ``return_model`` the trained :class:`PromptedClassifier` (holding the
+    selected epoch's state) is returned too, as ``(record, model)``.
+    """
+    model = build_classifier(config, backbone, data.task.num_classes, source, reference_norm)
+    prompt_source = model.source
     train_cfg = _train_config(config, device)
-    splits = [data.split(s) for s in ("train", "val", "test")]
+    keep = None
+    if config.get("train_subset") is not None:
+        chosen = subset_indices(data.task, config["train_subset"], config["sizes"])
+        keep = torch.as_tensor(np.flatnonzero(np.isin(data.task.splits["train"], chosen)), dtype=torch.long)
+    labels = [data.labels[s] for s in ("train", "val", "test")]
     if cache_features and config["setting"] in HEAD_ONLY:
-        fixed = prompt_source().get("prompt")
-        run_device = resolve_device(device)
-        feats = [(cls_features(backbone, x, fixed, device=run_device), y) for x, y in splits]
-        result = fit(model.head, *feats, train_cfg)
+        inputs = data.head_features(backbone, prompt_source().get("prompt"), resolve_device(device))
+        trained = model.head
     else:
-        result = fit(model, *splits, train_cfg)
+        inputs = [data.tokens[s] for s in ("train", "val", "test")]
+        trained = model
+    splits = list(zip(inputs, labels))
+    if keep is not None:
+        splits[0] = (inputs[0][keep], labels[0][keep])
+    result = fit(trained, *splits, train_cfg)
     record = result.to_record()
+    if keep is not None:
+        record["final"]["n_train"] = len(keep)
     if config["setting"] == "attention":
         record["final"]["query_attention"] = prompt_source.attention().detach().cpu().tolist()  # type: ignore[operator]
-    return record
+    return (record, model) if return_model else record
+
+
+def reference_norm(prompts: Mapping[str, Prompt]) -> float:
+    """Mean token norm over a bank of prompts: the random reference prompt's norm (1 if none)."""
+    norms = [p.tensor.norm(dim=1).mean().item() for p in prompts.values()]
+    return sum(norms) / len(norms) if norms else 1.0
+
+
+class SavedPrompt(PromptSource):
+    """The prompt arguments a trained prompt source produced, as fixed buffers (for inspection)."""
+
+    def __init__(self, kwargs: Mapping[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.names = tuple(kwargs)
+        for name, value in kwargs.items():
+            self.register_buffer(name, value.detach().clone().float())
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in self.names}
+
+
+def model_path(store: ResultsStore, config: Mapping[str, Any]) -> Path:
+    """Where :func:`target_sweep` keeps the trained prompt and head of ``config``."""
+    return store.root / "models" / f"{config_hash(config)}.safetensors"
+
+
+def save_trained(model: PromptedClassifier, path: str | os.PathLike) -> None:
+    """Save the prompt ``model`` feeds its backbone (``prompt`` or ``deep_prompts``) and its head, atomically."""
+    from safetensors.torch import save_file
+
+    with torch.no_grad():
+        tensors = {name: value.detach().cpu().float().contiguous() for name, value in model.source().items()}
+    tensors.update({f"head.{name}": value.detach().cpu().float().contiguous()
+                    for name, value in model.head.state_dict().items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f"{path.name}.{os.getpid()}.part")
+    save_file(tensors, str(part))
+    os.replace(part, path)
+
+
+def load_trained(path: str | os.PathLike, backbone: PromptedViT) -> PromptedClassifier:
+    """A :class:`PromptedClassifier` whose forward equals the saved trained model's (prompt fixed)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    head = {name[len("head."):]: value for name, value in tensors.items() if name.startswith("head.")}
+    model = PromptedClassifier(backbone, SavedPrompt({k: v for k, v in tensors.items() if not k.startswith("head.")}),
+                               num_classes=head["weight"].shape[0])
+    model.head.load_state_dict(head)
+    return model.eval()
 
 
 def target_sweep(cfg: Profile, configs: list[dict[str, Any]], prompts: dict[str, Prompt] | None = None,
-                 desc: str = "target runs") -> pd.DataFrame:
-    """Run every missing config (loading backbone and targets lazily) and return their table."""
+                 desc: str = "target runs", save_models: bool = True) -> pd.DataFrame:
+    """Run every missing config (loading backbone and targets lazily) and return their table.
+
+    With ``save_models`` each new run's trained prompt and head go to :func:`model_path`.
+    """
     store = results_store(cfg)
     state: dict[str, Any] = {"backbone": None, "data": {}}
     prompts = prompts or {}
-    norms = [p.tensor.norm(dim=1).mean().item() for p in prompts.values()]
-    reference_norm = sum(norms) / len(norms) if norms else 1.0
+    norm = reference_norm(prompts)
 
     def run(config: dict[str, Any]) -> dict[str, Any]:
         if state["backbone"] is None:
@@ -160,8 +300,11 @@ def target_sweep(cfg: Profile, configs: list[dict[str, Any]], prompts: dict[str,
         if config["target"] not in state["data"]:
             state["data"][config["target"]] = prepare_target(config["target"], cfg, state["backbone"])
         source = prompts.get(config["source"]) if config["source"] else None
-        return run_target(config, state["backbone"], state["data"][config["target"]], source,
-                          reference_norm=reference_norm, device=cfg.device)
+        record, model = run_target(config, state["backbone"], state["data"][config["target"]], source,
+                                   reference_norm=norm, device=cfg.device, return_model=True)
+        if save_models:
+            save_trained(model, model_path(store, config))
+        return record
 
     return sweep(store, configs, run, desc=desc)
 

@@ -95,6 +95,40 @@ def _check_transferability(rec: dict) -> None:
         assert rec[f"transferability/combined_beats_{rival}"] in (True, False, None)
 
 
+def _check_attention_maps(rec: dict) -> None:
+    L = SMOKE.prompt_length
+    target = "dsprites_loc"  # the first Structured task of the smoke profile
+    settings = ("linear", "vpt", "frozen", "projection", "attention")
+    assert rec["attention_maps/grid"] == [4, 4] and rec["attention_maps/layers_heads"] == [2, 2]
+    for check in ("row_sum", "reapply", "rollout_row_sum"):
+        assert rec[f"attention_maps/max_error/{check}"] < 1e-4
+    for setting in settings:
+        mass = rec[f"attention_maps/prompt_mass/{target}/{setting}"]
+        assert len(mass) == 2 and all(0.0 <= m <= 1.0 for m in mass)
+        assert (max(mass) == 0.0) == (setting == "linear")
+        assert 0.0 <= rec[f"attention_maps/rollout_prompt_share/{target}/{setting}"] <= 1.0
+        assert 0.0 <= rec[f"attention_maps/test_acc/{target}/{setting}"] <= 1.0
+    weights = rec[f"attention_maps/query_attention/{target}"]
+    assert len(weights) == L // 2 and all(len(row) == L and abs(sum(row) - 1) < 1e-5 for row in weights)
+    assert 0.0 <= rec[f"attention_maps/query_entropy/{target}"] <= math.log(L) + 1e-6
+
+
+def _check_data_scarcity(rec: dict) -> None:
+    assert rec["scarcity/targets"] == ["clevr_count"] and rec["scarcity/val_split"] == "full"
+    assert rec["scarcity/stratified"] is True and rec["scarcity/nested"] is True
+    assert rec["scarcity/n_train"]["clevr_count"] == {"1-shot": 8, "2-shot": 16, "4-shot": 32, "full": SMOKE.n_train}
+    settings = set(rec["scarcity/settings"])
+    assert settings == {"linear", "frozen", "vpt", "projection", "attention"}
+    accs = {k: v for k, v in rec.items() if k.startswith("scarcity/acc/")}
+    assert {k.split("/")[2] for k in accs} == settings and all(0.0 <= v <= 1.0 for v in accs.values())
+    assert len(accs) == 4 * (2 + 3 * 2)  # 4 training sets x (linear, vpt + 3 transfer settings x 2 choices)
+    assert all(-1.0 <= v <= 1.0 for k, v in rec.items() if k.startswith("scarcity/gain/"))
+    low, high = rec["scarcity/size_range"]["clevr_count"]
+    assert all(low < n < high for curve in rec["scarcity/crossings"]["clevr_count"].values() for n in curve)
+    assert set(rec["scarcity/sentences"]) == {"clevr_count"} and "vpt" in rec["scarcity/sentences"]["clevr_count"]
+    assert set(rec["scarcity/sources"]["clevr_count"]) == {"val", "oracle"}
+
+
 #: what each chapter must have recorded at the smoke profile; a new chapter needs an entry
 CHECKS = {
     "inputs": _check_inputs,
@@ -104,6 +138,8 @@ CHECKS = {
     "attention_transfer": _check_attention,
     "theory_prompt_attention": _check_theory,
     "transferability": _check_transferability,
+    "attention_maps": _check_attention_maps,
+    "data_scarcity": _check_data_scarcity,
 }
 
 

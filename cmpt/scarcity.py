@@ -1,0 +1,280 @@
+"""Data scarcity: accuracy against training-set size, on fixed subsets, through the results store.
+
+The protocol (CoOp's, adapted; ``shared/docs/method.md`` leaves the counts open):
+
+- **subsets** of each target's train split: ``k`` examples per class (all of a class that has
+  fewer) and stratified fractions, drawn by :func:`cmpt.experiments.subset_indices` from one
+  permutation per class and seed — so for one seed the 1-shot set lies inside the 2-shot set,
+  and so on up to the full split — and saved under the cache's ``splits/``;
+- the subset's seed is the run's seed: each seed draws another subset *and* another
+  initialisation, so seed bands show both sources of variance;
+- a subset as large as the whole train split is not run: the full-data run stands for it
+  (it is the run the earlier chapters stored, same config, reused);
+- validation is the **whole** val split (epoch selection), test the whole test split; the
+  recipe (epochs, batch, learning rate) is the same at every size, so smaller sets get fewer
+  optimiser steps;
+- transfer settings take one source per target, chosen from full-data projection transfer
+  by validation accuracy (``choice="val"``) and, labelled as an oracle, by test accuracy
+  (``choice="oracle"``, the paper's ground-truth transferability).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cmpt.analysis import GROUP_ORDER, group_of
+from cmpt.data import IMAGE_TASKS, VTAB_TASKS, load_image_task
+from cmpt.experiments import results_store, setting_configs, subset_indices, target_sweep
+from cmpt.profiles import Profile
+from cmpt.results import config_hash
+
+__all__ = ["CHOICES", "TRANSFER_SETTINGS", "choose_sources", "crossing_sentence", "crossings", "curves",
+           "default_targets", "gain_over", "group_curves", "plan_runs", "run_scarcity", "subset_plan"]
+
+TRANSFER_SETTINGS = ("frozen", "projection", "attention")
+CHOICES = {"none": "no source", "val": "source chosen on validation",
+           "oracle": "source chosen on test (ground truth; an oracle)"}
+_KEYS = ["target", "regime", "k", "fraction", "label", "n_train"]
+
+
+def _num_classes(name: str, cfg: Profile) -> int:
+    if name in IMAGE_TASKS and cfg.name != "paper":
+        return len(IMAGE_TASKS[name].classes)
+    return VTAB_TASKS[name].num_classes
+
+
+def default_targets(cfg: Profile) -> list[str]:
+    """One target per VTAB-style group of ``cfg.image_tasks``: the one with the fewest classes.
+
+    Fewest classes means the cheapest k-shot sets; ties go to the profile's order.
+    """
+    best: dict[str, str] = {}
+    for task in cfg.image_tasks:
+        group = group_of(task)
+        if group not in best or _num_classes(task, cfg) < _num_classes(best[group], cfg):
+            best[group] = task
+    return [best[g] for g in GROUP_ORDER if g in best]
+
+
+def _subset_row(task: Any, regime: str, value: float, seed: int, indices: np.ndarray, train: np.ndarray) -> dict:
+    labels_all = task.labels
+    avail = np.bincount(labels_all[train], minlength=task.num_classes)
+    got = np.bincount(labels_all[indices], minlength=task.num_classes)
+    if regime == "kshot":
+        stratified = bool(np.all(got == np.minimum(int(value), avail)))
+        label = f"{int(value)}-shot"
+    elif regime == "fraction":
+        stratified = bool(np.all((got >= np.minimum(avail, 1)) & (np.abs(got - value * avail) < 1 + 1e-9)))
+        label = f"{value:.0%}"
+    else:
+        stratified, label = True, "full"
+    return {"target": task.name, "group": group_of(task.name), "regime": regime,
+            "k": int(value) if regime == "kshot" else None, "fraction": float(value) if regime == "fraction" else None,
+            "label": label, "seed": int(seed), "n_train": int(len(indices)), "n_full": int(len(train)),
+            "classes": int(task.num_classes), "stratified": stratified,
+            "indices": tuple(int(i) for i in np.sort(indices))}
+
+
+def subset_plan(cfg: Profile, targets: Sequence[str], shots: Iterable[int] = (), fractions: Iterable[float] = (),
+                seeds: Sequence[int] | None = None) -> pd.DataFrame:
+    """Every training set of the study: per target and seed, the k-shot and fraction subsets and the full split.
+
+    Columns: target, group, regime (``kshot`` / ``fraction`` / ``full``), k, fraction, label,
+    seed, n_train, n_full, classes, stratified (k per class, or within one of the exact share),
+    nested (inside the next larger set of its regime, the last inside the full split), indices
+    (pool indices), spec (the ``train_subset`` of the run, None for the full split).
+    Subsets that would equal the full split are left out (the full run stands for them).
+    """
+    seeds = list(seeds or cfg.seeds)
+    sizes = [cfg.n_train, cfg.n_val, cfg.n_test]
+    rows = []
+    for name in targets:
+        task = load_image_task(name, cfg)
+        train = np.asarray(task.splits["train"])
+        for seed in seeds:
+            rows.append({**_subset_row(task, "full", 1.0, seed, train, train), "spec": None})
+            for regime, values in (("kshot", sorted({int(k) for k in shots})),
+                                   ("fraction", sorted({float(f) for f in fractions}))):
+                for value in values:
+                    key = "k" if regime == "kshot" else "fraction"
+                    spec = {"kind": regime, key: value, "seed": int(seed)}
+                    chosen = subset_indices(task, spec, sizes)
+                    if len(chosen) < len(train):
+                        rows.append({**_subset_row(task, regime, value, seed, chosen, train), "spec": spec})
+    plan = pd.DataFrame(rows)
+    plan["nested"] = _nested(plan)
+    order = {"kshot": 0, "fraction": 1, "full": 2}
+    return plan.sort_values(["target", "seed", "regime", "n_train"], key=lambda c: c.map(order) if c.name == "regime"
+                            else c).reset_index(drop=True)
+
+
+def _nested(plan: pd.DataFrame) -> list[bool]:
+    out = []
+    for _, row in plan.iterrows():
+        same = plan[(plan.target == row.target) & (plan.seed == row.seed)]
+        bigger = same[(same.regime.isin([row.regime, "full"])) & (same.n_train > row.n_train)]
+        if row.regime == "full":
+            out.append(True)
+            continue
+        nxt = bigger.sort_values("n_train").iloc[0]
+        out.append(set(row.indices) <= set(nxt.indices))
+    return out
+
+
+def choose_sources(projection: pd.DataFrame) -> pd.DataFrame:
+    """Per target, the source with the best mean validation accuracy (``val``) and best test accuracy (``oracle``).
+
+    ``projection``: a table of full-data projection-transfer runs (target, source, val_acc,
+    test_acc; several seeds are averaged). Ties go to the alphabetically first source.
+    """
+    means = projection.groupby(["target", "source"])[["val_acc", "test_acc"]].mean().reset_index()
+    means = means.sort_values(["target", "source"])
+    rows = {}
+    for target, group in means.groupby("target"):
+        by_val = group.loc[group["val_acc"].idxmax()]
+        by_test = group.loc[group["test_acc"].idxmax()]
+        rows[target] = {"val": by_val.source, "oracle": by_test.source, "val_acc of val choice": by_val.val_acc,
+                        "test_acc of val choice": by_val.test_acc, "test_acc of oracle": by_test.test_acc}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("target")
+
+
+def plan_runs(cfg: Profile, plan: pd.DataFrame, settings: Sequence[str], sources: pd.DataFrame | None = None,
+              concentrated: int | None = None, scaled: bool = False,
+              choices: Sequence[str] = ("val", "oracle")) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """``(meta, config)`` for every setting x training set (x source ``choices`` for transfer settings).
+
+    Configs are the ones :func:`cmpt.experiments.setting_configs` makes (full-data ones are
+    the earlier chapters' runs, so they are reused); attention transfer uses ``concentrated``
+    (default: half the prompt, the attention chapter's first length). When both choices pick
+    the same source the two rows share one config (it runs once).
+    """
+    runs = []
+    for _, row in plan.iterrows():
+        meta = {key: row[key] for key in ("target", "group", "regime", "k", "fraction", "label", "n_train", "seed")}
+        for setting in settings:
+            extra: dict[str, Any] = {"train_subset": row.spec}
+            if setting == "attention":
+                extra.update(concentrated=concentrated or max(1, cfg.prompt_length // 2), scaled=scaled)
+            if setting in TRANSFER_SETTINGS:
+                if sources is None:
+                    raise ValueError(f"setting {setting!r} needs the chosen sources")
+                picks = [(choice, sources.loc[row.target, choice]) for choice in choices]
+            else:
+                picks = [("none", None)]
+            for choice, source in picks:
+                config = setting_configs(cfg, setting, [row.target], [source], seeds=(int(row.seed),), **extra)[0]
+                runs.append(({**meta, "setting": setting, "choice": choice, "source": source}, config))
+    return runs
+
+
+def run_scarcity(cfg: Profile, runs: Sequence[tuple[dict[str, Any], dict[str, Any]]],
+                 prompts: Mapping[str, Any] | None = None, desc: str = "data scarcity") -> pd.DataFrame:
+    """Run what the store lacks (resumable; shared configs run once) and return the tidy table.
+
+    One row per planned run: the meta columns (setting, choice, source, target, group, regime,
+    k, fraction, label, n_train, seed), test_acc, val_acc and the run's hash.
+    """
+    unique = list({config_hash(c): c for _, c in runs}.values())
+    target_sweep(cfg, unique, prompts=dict(prompts or {}), desc=desc)
+    store = results_store(cfg)
+    rows = []
+    for meta, config in runs:
+        final = store.get(config)["final"]
+        rows.append({**meta, "test_acc": final["test_acc"], "val_acc": final["val_acc"], "hash": config_hash(config)})
+    return pd.DataFrame(rows)
+
+
+def curves(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds per setting, choice and training set."""
+    keys = ["setting", "choice"] + _KEYS
+    out = tidy.groupby(keys, dropna=False)["test_acc"].agg(["mean", "std", "count"]).reset_index()
+    return out.rename(columns={"mean": "test_acc", "std": "test_acc_std", "count": "seeds"})
+
+
+def group_curves(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Per VTAB-style group: mean over its targets of the per-target mean over seeds, per training-set label.
+
+    ``"mean of group means"`` is added as a group of its own.
+    """
+    per_target = curves(tidy)
+    per_target["group"] = per_target["target"].map(group_of)
+    keys = ["setting", "choice", "regime", "k", "fraction", "label"]
+    groups = per_target.groupby(keys + ["group"], dropna=False)["test_acc"].mean().reset_index()
+    overall = groups.groupby(keys, dropna=False)["test_acc"].mean().reset_index().assign(group="mean of group means")
+    return pd.concat([groups, overall], ignore_index=True)
+
+
+def gain_over(tidy: pd.DataFrame, reference: str = "vpt") -> pd.DataFrame:
+    """Test accuracy of every other setting minus ``reference``'s on the same target, training set and seed.
+
+    Mean (and sd) over seeds, one row per setting, choice, target and training set.
+    """
+    ref = tidy[tidy.setting == reference][["target", "label", "seed", "test_acc"]].rename(columns={"test_acc": "ref"})
+    others = tidy[tidy.setting != reference].merge(ref, on=["target", "label", "seed"], how="inner")
+    others["gain"] = others["test_acc"] - others["ref"]
+    if "source" not in others:
+        others["source"] = None
+    keys = ["setting", "choice", "source"] + _KEYS
+    out = others.groupby(keys, dropna=False, sort=False)["gain"].agg(["mean", "std"]).reset_index()
+    return out.rename(columns={"mean": "gain", "std": "gain_std"})
+
+
+def _cross(sizes: Sequence[float], gains: Sequence[float], tol: float = 1e-9) -> list[tuple[int, float]]:
+    """(left index, crossing size) where the gain changes sign; interpolated linearly in log(size)."""
+    out = []
+    for i in range(len(sizes) - 1):
+        a, b = gains[i], gains[i + 1]
+        if abs(a) > tol and abs(b) > tol and (a > 0) != (b > 0):
+            t = a / (a - b)
+            out.append((i, math.exp(math.log(sizes[i]) + t * (math.log(sizes[i + 1]) - math.log(sizes[i])))))
+    return out
+
+
+def crossings(gains: pd.DataFrame) -> pd.DataFrame:
+    """Where each setting's accuracy curve crosses the reference's, per target.
+
+    A curve is the mean gain over seeds against the number of training images (training sets
+    of equal size averaged). Columns: target, setting, choice, source, sizes, labels, gains,
+    crossings (sizes in images, log-linear interpolation between the two sizes around each
+    sign change).
+    """
+    rows = []
+    for (target, setting, choice, source), part in gains.groupby(["target", "setting", "choice", "source"],
+                                                                  sort=False, dropna=False):
+        curve = part.groupby("n_train").agg(gain=("gain", "mean"), label=("label", "first")).sort_index()
+        sizes, values = curve.index.to_list(), curve["gain"].to_list()
+        rows.append({"target": target, "setting": setting, "choice": choice,
+                     "source": None if pd.isna(source) else source, "sizes": sizes,
+                     "labels": curve["label"].to_list(), "gains": values,
+                     "crossings": [n for _, n in _cross(sizes, values)]})
+    return pd.DataFrame(rows)
+
+
+def crossing_sentence(row: Mapping[str, Any], reference: str = "vpt", name: str | None = None) -> str:
+    """One sentence on where a setting's curve crosses the reference's (a :func:`crossings` row).
+
+    ``name`` replaces the default description of the curve (setting and source choice).
+    """
+    sizes, labels, values = row["sizes"], row["labels"], row["gains"]
+    if name is None:
+        name = row["setting"] + ("" if row["choice"] == "none" else f" ({CHOICES[row['choice']]})")
+    span = f"{labels[0]} ({sizes[0]} images) to {labels[-1]} ({sizes[-1]})"
+    found = _cross(sizes, values)
+    if not found:
+        above, below = any(v > 1e-9 for v in values), any(v < -1e-9 for v in values)
+        where = {(True, False): "above", (False, True): "below"}.get((above, below))
+        if where is None:
+            return f"{name} ties with {reference} at every size from {span}."
+        ties = " or level with" if any(abs(v) <= 1e-9 for v in values) else ""
+        return f"{name} is {where}{ties} {reference} at every size from {span}: the curves do not cross."
+    parts = []
+    for i, n in found:
+        side = "above" if values[i] > 0 else "below"
+        parts.append(f"between {labels[i]} ({sizes[i]} images) and {labels[i + 1]} ({sizes[i + 1]}), near {n:.0f} "
+                     f"images, going from {side} to {'below' if side == 'above' else 'above'}")
+    return f"{name} crosses {reference} " + "; and ".join(parts) + "."
