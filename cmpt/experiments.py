@@ -30,14 +30,16 @@ from cmpt.data import ImageTask, fraction_indices, kshot_indices, load_image_tas
 from cmpt.features import cls_features, embed_tokens
 from cmpt.profiles import Profile
 from cmpt.prompts import Prompt, load_prompt, save_prompt
+from cmpt.atomic import write_atomic
 from cmpt.results import ResultsStore, config_hash, sweep
 from cmpt.source_training import train_source_prompt
 from cmpt.train import TrainConfig, fit, resolve_device
 from cmpt.transfer import HEAD_ONLY, PromptedClassifier, PromptSource, make_prompt_source
 
-__all__ = ["RESULTS_ENV", "SETTING_HPARAMS", "SavedPrompt", "TargetData", "build_classifier", "load_trained",
-           "model_path", "prepare_target", "reference_norm", "results_store", "run_target", "save_trained",
-           "setting_configs", "source_bank", "source_config", "subset_indices", "target_config", "target_sweep"]
+__all__ = ["RESULTS_ENV", "SETTING_HPARAMS", "SavedPrompt", "TargetData", "TargetRunner", "build_classifier",
+           "load_trained", "model_path", "prepare_target", "reference_norm", "results_store", "run_target",
+           "save_trained", "setting_configs", "source_bank", "source_config", "subset_indices", "target_config",
+           "target_sweep"]
 
 RESULTS_ENV = "CMPT_RESULTS"  # the book runner points it at OUT/_build/results
 
@@ -263,11 +265,7 @@ def save_trained(model: PromptedClassifier, path: str | os.PathLike) -> None:
         tensors = {name: value.detach().cpu().float().contiguous() for name, value in model.source().items()}
     tensors.update({f"head.{name}": value.detach().cpu().float().contiguous()
                     for name, value in model.head.state_dict().items()})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f"{path.name}.{os.getpid()}.part")
-    save_file(tensors, str(part))
-    os.replace(part, path)
+    write_atomic(path, lambda part: save_file(tensors, str(part)))
 
 
 def load_trained(path: str | os.PathLike, backbone: PromptedViT) -> PromptedClassifier:
@@ -282,31 +280,60 @@ def load_trained(path: str | os.PathLike, backbone: PromptedViT) -> PromptedClas
     return model.eval()
 
 
+class TargetRunner:
+    """The run function of target configs of one profile: ``runner(config) -> record``.
+
+    Loads the vision backbone and each target's embedded data once, on first use, and keeps
+    them for the configs that follow (one sweep, or every task a Ray worker process runs).
+    With ``save_models`` each run's trained prompt and head go to :func:`model_path`.
+    """
+
+    def __init__(self, cfg: Profile, store: ResultsStore, prompts: Mapping[str, Prompt] | None = None,
+                 norm: float | None = None, save_models: bool = True) -> None:
+        self.cfg, self.store, self.save_models = cfg, store, save_models
+        self.prompts = dict(prompts or {})
+        self.norm = reference_norm(self.prompts) if norm is None else norm
+        self.backbone: PromptedViT | None = None
+        self.data: dict[str, TargetData] = {}
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.backbone is None:
+            self.backbone = load_vision_backbone(cfg.vision_backbone, cfg.image_size, layout=cfg.prompt_layout,
+                                                 mean=cfg.image_mean, std=cfg.image_std)
+        if config["target"] not in self.data:
+            self.data[config["target"]] = prepare_target(config["target"], cfg, self.backbone)
+        source = None
+        if config["source"]:
+            if config["source"] not in self.prompts:
+                raise KeyError(f"no source prompt {config['source']!r} given; have {', '.join(self.prompts) or 'none'}")
+            source = self.prompts[config["source"]]
+        record, model = run_target(config, self.backbone, self.data[config["target"]], source,
+                                   reference_norm=self.norm, device=cfg.device, return_model=True)
+        if self.save_models:
+            save_trained(model, model_path(self.store, config))
+        return record
+
+
 def target_sweep(cfg: Profile, configs: list[dict[str, Any]], prompts: dict[str, Prompt] | None = None,
-                 desc: str = "target runs", save_models: bool = True) -> pd.DataFrame:
+                 desc: str = "target runs", save_models: bool = True, executor: str = "local",
+                 **options: Any) -> pd.DataFrame:
     """Run every missing config (loading backbone and targets lazily) and return their table.
 
     With ``save_models`` each new run's trained prompt and head go to :func:`model_path`.
+    ``executor`` is ``"local"`` (in this process) or ``"ray"`` (one Ray task per run, see
+    :mod:`cmpt.sweep`); ``options`` (``retries``, ``on_error``, ``address``, ``num_cpus``,
+    ``num_gpus``) go to :func:`cmpt.sweep.run_sweep`. The table's ``attrs["sweep"]`` counts
+    what ran.
     """
+    from cmpt.sweep import run_sweep, target_job
+
     store = results_store(cfg)
-    state: dict[str, Any] = {"backbone": None, "data": {}}
-    prompts = prompts or {}
-    norm = reference_norm(prompts)
-
-    def run(config: dict[str, Any]) -> dict[str, Any]:
-        if state["backbone"] is None:
-            state["backbone"] = load_vision_backbone(cfg.vision_backbone, cfg.image_size, layout=cfg.prompt_layout,
-                                                     mean=cfg.image_mean, std=cfg.image_std)
-        if config["target"] not in state["data"]:
-            state["data"][config["target"]] = prepare_target(config["target"], cfg, state["backbone"])
-        source = prompts.get(config["source"]) if config["source"] else None
-        record, model = run_target(config, state["backbone"], state["data"][config["target"]], source,
-                                   reference_norm=norm, device=cfg.device, return_model=True)
-        if save_models:
-            save_trained(model, model_path(store, config))
-        return record
-
-    return sweep(store, configs, run, desc=desc)
+    if executor == "local":
+        fn: Any = TargetRunner(cfg, store, prompts, save_models=save_models)
+    else:
+        fn = target_job(cfg, store, prompts or {}, save_models=save_models)
+    return run_sweep(store, configs, fn, executor=executor, desc=desc, **options)
 
 
 #: optimiser, base learning rate (scaled by batch/256) and weight decay per setting. Head-only

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from cmpt.atomic import write_atomic
+
 __all__ = [
     "Prompt",
     "PromptError",
@@ -105,12 +107,8 @@ def save_prompt(prompt: Prompt, path: str | Path) -> Path:
     """Write ``prompt`` as one safetensors file (atomically)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    save_file({"prompt": prompt.tensor}, str(tmp), metadata={"cmpt_prompt": json.dumps(prompt.metadata())})
-    tmp.replace(path)
-    return path
+    metadata = {"cmpt_prompt": json.dumps(prompt.metadata())}
+    return write_atomic(path, lambda tmp: save_file({"prompt": prompt.tensor}, str(tmp), metadata=metadata))
 
 
 def load_prompt(path: str | Path) -> Prompt:

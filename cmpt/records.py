@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cmpt.atomic import write_atomic
+
 __all__ = ["ENV_VAR", "load_records", "record"]
 
 ENV_VAR = "CMPT_RECORDS"
@@ -41,10 +43,7 @@ def record(name: str, value: Any) -> Any:
         target = Path(path)
         data = load_records(target) if target.exists() else {}
         data[name] = plain
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".part")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, target)
+        write_atomic(target, lambda tmp: tmp.write_text(json.dumps(data, indent=1, sort_keys=True)))
     return value
 
 

@@ -10,7 +10,9 @@ that names *everything* the result depends on: setting, source, target, seed,
 hyper-parameters, profile name, data sizes... Leave nothing out, or two different runs will
 share one record.
 
-Record files are written atomically (``*.part`` then :func:`os.replace`). A record that cannot
+Record files are written atomically (a ``*.part`` file named for this host, process and a random
+token, then :func:`os.replace`), so workers on several machines sharing one store never write
+into each other's temporary files and a reader sees a whole record or none. A record that cannot
 be read (truncated JSON, wrong schema, hash that does not match its configuration) is
 reported, never silently dropped: delete the file to re-run that configuration.
 """
@@ -36,6 +38,7 @@ from typing import Any, Union
 import pandas as pd
 from tqdm.auto import tqdm
 
+from cmpt.atomic import write_atomic
 from cmpt.records import _plain
 
 __all__ = ["CorruptRecordError", "ResultsStore", "RunConfig", "canonical_config", "config_hash", "sweep"]
@@ -205,19 +208,26 @@ class ResultsStore:
         """
         return _frame([r for r in self.records(on_corrupt) if r["status"] == "done"], flatten)
 
+    def table_of(self, configs: Iterable[RunConfig], flatten: bool = True) -> pd.DataFrame:
+        """Like :meth:`table`, but only the finished runs among ``configs`` (each once, in order)."""
+        records: dict[str, dict[str, Any]] = {}
+        for config in configs:
+            record = self.get(config)
+            if record is not None and record["status"] == "done":
+                records.setdefault(record["hash"], record)
+        return _frame(records.values(), flatten)
+
     # -- writing ---------------------------------------------------------------------------
     def _write(self, path: Path, record: dict[str, Any]) -> None:
         text = json.dumps(record, indent=1, sort_keys=True, allow_nan=False)
-        part = path.with_name(f"{path.name}.{os.getpid()}.part")
-        try:
+
+        def write(part: Path) -> None:
             with open(part, "w", encoding="utf-8") as fh:
                 fh.write(text)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(part, path)
-        finally:
-            if part.exists():
-                part.unlink()
+
+        write_atomic(path, write)
 
     def put(self, config: RunConfig, record: Mapping[str, Any]) -> dict[str, Any]:
         """Store a finished run. ``record`` needs ``final``; other fields are filled in."""
@@ -343,9 +353,4 @@ def sweep(store: ResultsStore, configs: Iterable[RunConfig], fn: Callable[[Any],
             bar.set_postfix(ran=ran, skipped=skipped, failed=failed, refresh=False)
     finally:
         bar.close()
-    records: dict[str, dict[str, Any]] = {}
-    for config in configs:
-        record = store.get(config)
-        if record is not None and record["status"] == "done":
-            records.setdefault(record["hash"], record)
-    return _frame(records.values(), flatten)
+    return store.table_of(configs, flatten)

@@ -17,10 +17,16 @@ Model selection (``TrainConfig.selection``):
 
 On return the model holds the selected state, so a trained prompt read from it matches the
 reported accuracy.
+
+Precision (``TrainConfig.precision``): ``"auto"`` is fp32 on CPUs and bf16 autocast on CUDA
+devices that support it (fp16 with loss scaling on older ones). Reduced precision is used only
+where the hardware makes it faster; see the performance chapter for the CPU measurement.
+Parameters and optimiser state stay fp32 in every case.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -32,8 +38,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-__all__ = ["BEST_TEST_PROTOCOL", "PROTOCOLS", "Data", "FitResult", "TrainConfig", "evaluate", "fit",
-           "make_optimizer", "param_groups", "resolve_device", "warmup_cosine"]
+__all__ = ["BEST_TEST_PROTOCOL", "PRECISIONS", "PROTOCOLS", "Data", "FitResult", "TrainConfig", "autocast",
+           "evaluate", "fit", "make_optimizer", "param_groups", "resolve_device", "resolve_precision", "train_step",
+           "warmup_cosine"]
 
 BEST_TEST_PROTOCOL = "best test accuracy over epochs (selection on test; the original code's protocol)"
 PROTOCOLS = {
@@ -41,6 +48,7 @@ PROTOCOLS = {
     "last": "test accuracy after the last epoch",
     "best_test": BEST_TEST_PROTOCOL,
 }
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 #: Inputs: a tensor, or a tuple / dict of tensors sharing the first dimension (e.g. text ids + mask).
 Inputs = Union[Tensor, tuple, list, dict]
@@ -72,12 +80,15 @@ class TrainConfig:
     eval_every: int = 1  # validate every N epochs (and always after the last)
     momentum: float = 0.9  # SGD only
     eval_batch_size: int = 256
+    precision: str = "auto"  # "auto" (fp32 on CPU, bf16/fp16 autocast on CUDA), "fp32", "bf16" or "fp16"
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.selection not in PROTOCOLS:
             raise ValueError(f"selection must be one of {', '.join(PROTOCOLS)}, got {self.selection!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("batch_size", "epochs", "eval_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -120,6 +131,28 @@ class FitResult:
 
 def resolve_device(name: str = "auto") -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device``; None means plain fp32 (no autocast).
+
+    ``"auto"``: bf16 on a CUDA device that supports it, else fp16 there; fp32 on CPU.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device = torch.device(device)
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type, or a no-op for None (fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def param_groups(named_params: Iterable[tuple[str, Tensor]], weight_decay: float) -> list[dict[str, Any]]:
@@ -219,26 +252,54 @@ def _call(model: nn.Module, forward: Forward | None, inputs: Any) -> Tensor:
     return model(inputs) if forward is None else forward(model, inputs)
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, data: Data, batch_size: int = 256, forward: Forward | None = None,
-             device: torch.device | str | None = None) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` on a split, in eval mode; restores the mode."""
+             device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on a split, in eval mode; restores the mode.
+
+    Runs without autograd (autocast to ``dtype`` when given); sums stay on the device and are
+    read once, so a GPU is not synchronised every batch.
+    """
     device = next(model.parameters()).device if device is None else torch.device(device)
     was_training = model.training
     model.eval()
-    correct, loss, n = 0, 0.0, 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    n = 0
     try:
-        for inputs, labels in _batches(data, batch_size):
-            labels = labels.to(device)
-            logits = _call(model, forward, _to(inputs, device))
-            loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-            correct += (logits.argmax(-1) == labels).sum().item()
-            n += len(labels)
+        with torch.no_grad(), autocast(device, dtype):
+            for inputs, labels in _batches(data, batch_size):
+                labels = labels.to(device)
+                logits = _call(model, forward, _to(inputs, device)).float()
+                loss += F.cross_entropy(logits, labels, reduction="sum")
+                correct += (logits.argmax(-1) == labels).sum()
+                n += len(labels)
     finally:
         model.train(was_training)
     if n == 0:
         raise ValueError("cannot evaluate on an empty split")
-    return {"acc": correct / n, "loss": loss / n}
+    return {"acc": correct.item() / n, "loss": loss.item() / n}
+
+
+def train_step(model: nn.Module, inputs: Any, labels: Tensor, optimizer: torch.optim.Optimizer,
+               forward: Forward | None = None, dtype: torch.dtype | None = None,
+               scaler: torch.amp.GradScaler | None = None) -> tuple[Tensor, Tensor]:
+    """One optimiser step on a batch already on the device: ``(loss, correct)`` as device tensors.
+
+    The forward runs under autocast to ``dtype`` (None: fp32); the loss is taken in fp32. With
+    a ``scaler`` (fp16) the loss is scaled. Nothing here synchronises a GPU.
+    """
+    with autocast(labels.device, dtype):
+        logits = _call(model, forward, inputs)
+    loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss.detach(), (logits.detach().argmax(-1) == labels).sum()
 
 
 def _trainable(model: nn.Module) -> dict[str, Tensor]:
@@ -278,9 +339,11 @@ def fit(model: nn.Module, train: Data, val: Data | None, test: Data, cfg: TrainC
     optimizer = make_optimizer(model, cfg)
     scheduler = warmup_cosine(optimizer, cfg.warmup, cfg.epochs)
     n_trainable = sum(p.numel() for p in _trainable(model).values())
+    dtype = resolve_precision(cfg.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
 
     def run_eval(data: Data) -> dict[str, float]:
-        return evaluate(model, data, cfg.eval_batch_size, forward, device)
+        return evaluate(model, data, cfg.eval_batch_size, forward, device, dtype)
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None  # {"score", "row", "state"} of the selected epoch so far
@@ -288,20 +351,18 @@ def fit(model: nn.Module, train: Data, val: Data | None, test: Data, cfg: TrainC
     for epoch in bar:
         model.train()
         lr = optimizer.param_groups[0]["lr"]
-        total_loss, correct, seen = 0.0, 0, 0
+        total_loss = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
         for inputs, labels in _batches(train, cfg.batch_size, generator):
             labels = labels.to(device)
-            logits = _call(model, forward, _to(inputs, device))
-            loss = F.cross_entropy(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(labels)
-            correct += (logits.detach().argmax(-1) == labels).sum().item()
+            loss, hits = train_step(model, _to(inputs, device), labels, optimizer, forward, dtype, scaler)
+            total_loss += loss.double() * len(labels)
+            correct += hits
             seen += len(labels)
         scheduler.step()
-        row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": total_loss / seen, "train_acc": correct / seen,
-                               "val_acc": None, "val_loss": None}
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": total_loss.item() / seen,
+                               "train_acc": correct.item() / seen, "val_acc": None, "val_loss": None}
         if cfg.selection == "best_test":
             row["test_acc"] = None
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:

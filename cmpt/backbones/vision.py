@@ -14,6 +14,20 @@ slots before block ``i`` (slice 0 is the inserted prompt).
 
 Attention weights are taken from the backbone's own attention modules while the fused
 kernel is switched off (:func:`record_attention`): nothing is re-implemented.
+
+Two speed-ups, each exact and each a switch (``tests/test_performance.py`` checks both
+against a plain timm forward):
+
+``sdpa``          PyTorch's fused scaled-dot-product attention in every block (timm's
+                  ``fused_attn``; off = timm's explicit softmax path). ``None`` (the default)
+                  chooses per forward: fused on CUDA, explicit on CPU, where the fused kernel's
+                  backward was measured no faster in fp32 and made a bf16-autocast step about
+                  1.4x slower at these sequence lengths (``cmpt bench --ideas``).
+``cls_shortcut``  the CLS read-out needs only one row of the *last* block's output: keys and
+                  values still come from every token, but the query, attention output,
+                  projection and MLP are computed for the CLS row alone (:func:`cls_row_block`).
+                  Only :meth:`PromptedViT.forward` uses it; :meth:`PromptedViT.forward_tokens`
+                  always runs the full blocks.
 """
 
 from __future__ import annotations
@@ -23,9 +37,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LAYOUTS", "PromptedViT", "VisionPreprocess", "record_attention"]
+__all__ = ["LAYOUTS", "PromptedViT", "VisionPreprocess", "cls_row_block", "record_attention",
+           "supports_cls_shortcut"]
 
 LAYOUTS = ("before_cls", "after_cls")
 
@@ -48,7 +64,7 @@ class PromptedViT(nn.Module):
     """
 
     def __init__(self, vit: nn.Module, preprocess: VisionPreprocess, layout: str = "before_cls",
-                 name: str = "vit") -> None:
+                 name: str = "vit", sdpa: bool | None = None, cls_shortcut: bool = True) -> None:
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"unknown prompt layout {layout!r}; valid: {', '.join(LAYOUTS)}")
@@ -61,6 +77,19 @@ class PromptedViT(nn.Module):
         for p in self.vit.parameters():
             p.requires_grad_(False)
         self.vit.eval()
+        self.cls_shortcut = cls_shortcut
+        self.set_sdpa(sdpa)
+
+    def set_sdpa(self, enabled: bool | None) -> None:
+        """Fused attention kernel on (True) or off (False) in every block; None: fused on CUDA only."""
+        self.sdpa = None if enabled is None else bool(enabled)
+
+    def _choose_attention(self, x: torch.Tensor) -> None:
+        fused = x.device.type == "cuda" if self.sdpa is None else self.sdpa
+        for block in self.vit.blocks:
+            attn = getattr(block, "attn", None)
+            if getattr(attn, "fused_attn", fused) != fused:
+                attn.fused_attn = fused
 
     def train(self, mode: bool = True) -> "PromptedViT":
         # The backbone stays in eval mode (no dropout, no drop-path) whatever the caller does.
@@ -116,6 +145,26 @@ class PromptedViT(nn.Module):
         start = 0 if self.layout == "before_cls" else 1
         return slice(start, start + length)
 
+    def _block_input(self, images: torch.Tensor | None, prompt: torch.Tensor | None,
+                     deep_prompts: torch.Tensor | None, tokens: torch.Tensor | None) -> torch.Tensor:
+        x = self.embed(images) if tokens is None else tokens
+        if deep_prompts is not None:
+            if deep_prompts.dim() != 3 or deep_prompts.shape[0] != self.depth:
+                raise ValueError(f"deep prompts must be [depth={self.depth}, L, D], got {tuple(deep_prompts.shape)}")
+            if prompt is not None:
+                raise ValueError("pass either prompt (shallow) or deep_prompts, not both")
+            prompt = deep_prompts[0]
+        self._choose_attention(x)
+        return self.vit.norm_pre(self.insert(x, prompt))
+
+    def _refresh(self, x: torch.Tensor, deep_prompts: torch.Tensor | None, i: int) -> torch.Tensor:
+        """Put deep prompt slice ``i`` into its slots before block ``i`` (nothing for shallow prompts)."""
+        if deep_prompts is None or i == 0:
+            return x
+        slots = self._prompt_slice(deep_prompts.shape[1])
+        fresh = self._check_prompt(deep_prompts[i], x.shape[0]).to(x.dtype)
+        return torch.cat([x[:, :slots.start], fresh, x[:, slots.stop:]], dim=1)
+
     def forward_tokens(self, images: torch.Tensor, prompt: torch.Tensor | None = None,
                        deep_prompts: torch.Tensor | None = None,
                        tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -124,45 +173,82 @@ class PromptedViT(nn.Module):
         ``tokens`` may carry a precomputed :meth:`embed` output to skip the patch projection
         (the prompt does not change it).
         """
-        x = self.embed(images) if tokens is None else tokens
-        batch = x.shape[0]
-        if deep_prompts is not None:
-            if deep_prompts.dim() != 3 or deep_prompts.shape[0] != self.depth:
-                raise ValueError(f"deep prompts must be [depth={self.depth}, L, D], got {tuple(deep_prompts.shape)}")
-            if prompt is not None:
-                raise ValueError("pass either prompt (shallow) or deep_prompts, not both")
-            prompt = deep_prompts[0]
-        x = self.insert(x, prompt)
-        x = self.vit.norm_pre(x)
+        x = self._block_input(images, prompt, deep_prompts, tokens)
         for i, block in enumerate(self.vit.blocks):
-            if deep_prompts is not None and i > 0:
-                slots = self._prompt_slice(deep_prompts.shape[1])
-                fresh = self._check_prompt(deep_prompts[i], batch).to(x.dtype)
-                x = torch.cat([x[:, :slots.start], fresh, x[:, slots.stop:]], dim=1)
-            x = block(x)
+            x = block(self._refresh(x, deep_prompts, i))
         return self.vit.norm(x)
 
     def forward(self, images: torch.Tensor, prompt: torch.Tensor | None = None,
                 deep_prompts: torch.Tensor | None = None,
                 tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Final-norm CLS feature ``[B, D]`` (the input of a linear head)."""
-        x = self.forward_tokens(images, prompt, deep_prompts, tokens)
         length = 0
         if deep_prompts is not None:
             length = deep_prompts.shape[1]
         elif prompt is not None:
             length = prompt.shape[-2]
-        return x[:, self.readout_index(length)]
+        index = self.readout_index(length)
+        if not (self.cls_shortcut and supports_cls_shortcut(self.vit)):
+            return self.forward_tokens(images, prompt, deep_prompts, tokens)[:, index]
+        x = self._block_input(images, prompt, deep_prompts, tokens)
+        blocks = list(self.vit.blocks)
+        for i, block in enumerate(blocks[:-1]):
+            x = block(self._refresh(x, deep_prompts, i))
+        x = self._refresh(x, deep_prompts, len(blocks) - 1)
+        return self.vit.norm(cls_row_block(blocks[-1], x, index))
+
+
+def supports_cls_shortcut(vit: nn.Module) -> bool:
+    """Whether every block is a plain timm ``Block`` with timm ``Attention`` (what :func:`cls_row_block` mirrors)."""
+    from timm.layers import Attention
+    from timm.models.vision_transformer import Block
+
+    blocks = list(getattr(vit, "blocks", []))
+    return bool(blocks) and all(type(b) is Block and type(b.attn) is Attention for b in blocks)
+
+
+def cls_row_block(block: nn.Module, x: torch.Tensor, index: int) -> torch.Tensor:
+    """Row ``index`` of a timm ``Block``'s output ``[B, D]``, computing only what that row needs.
+
+    Every row's key and value enter the attention; the query, attention output, projection,
+    LayerScale and MLP are row-wise, so they run on the one row. Equals
+    ``block(x)[:, index]`` up to float rounding (the block must be in eval mode: no dropout).
+    """
+    attn = block.attn
+    batch, length, _ = x.shape
+    heads, head_dim, dim = attn.num_heads, attn.head_dim, attn.attn_dim
+    h = block.norm1(x)
+    weight, bias = attn.qkv.weight, attn.qkv.bias
+    kv = F.linear(h, weight[dim:], None if bias is None else bias[dim:])
+    k, v = kv.reshape(batch, length, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    row = h[:, index:index + 1]
+    q = F.linear(row, weight[:dim], None if bias is None else bias[:dim]).reshape(batch, 1, heads, head_dim)
+    q, k = attn.q_norm(q.transpose(1, 2)), attn.k_norm(k)
+    if attn.fused_attn:
+        out = F.scaled_dot_product_attention(q, k, v)
+    else:
+        out = attn.attn_drop(((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
+    out = attn.norm(out.transpose(1, 2).reshape(batch, 1, dim))
+    gate = getattr(attn, "gate", None)
+    if gate is not None:
+        out = out * gate(row).sigmoid()
+    y = x[:, index:index + 1] + block.drop_path1(block.ls1(attn.proj_drop(attn.proj(out))))
+    y = y + block.drop_path2(block.ls2(block.mlp(block.norm2(y))))
+    return y[:, 0]
 
 
 @contextlib.contextmanager
 def record_attention(model: PromptedViT | nn.Module) -> Iterator[list[torch.Tensor]]:
     """Collect each block's attention probabilities ``[B, heads, T, T]`` during forwards.
 
-    The backbone's fused attention is switched off only inside the ``with`` block; a forward
+    The backbone's fused attention (and a :class:`PromptedViT`'s CLS shortcut, which skips the
+    last block's full attention) is switched off only inside the ``with`` block; a forward
     hook on each block's ``attn_drop`` reads the softmax output the block really used.
     """
     vit = model.vit if isinstance(model, PromptedViT) else model
+    switches = (model.cls_shortcut, model.sdpa) if isinstance(model, PromptedViT) else None
+    if isinstance(model, PromptedViT):
+        model.cls_shortcut, model.sdpa = False, False
     maps: list[torch.Tensor] = []
     handles = []
     saved = []
@@ -178,3 +264,5 @@ def record_attention(model: PromptedViT | nn.Module) -> Iterator[list[torch.Tens
             handle.remove()
         for attn, fused in saved:
             attn.fused_attn = fused
+        if isinstance(model, PromptedViT) and switches is not None:
+            model.cls_shortcut, model.sdpa = switches

@@ -89,11 +89,13 @@ VISION_BACKBONES: dict[str, Callable[[int, str | None], tuple[torch.nn.Module, V
 
 def load_vision_backbone(name: str, image_size: int, layout: str = "before_cls",
                          mean: tuple[float, ...] | None = None,
-                         std: tuple[float, ...] | None = None) -> PromptedViT:
+                         std: tuple[float, ...] | None = None,
+                         sdpa: bool | None = None, cls_shortcut: bool = True) -> PromptedViT:
     """A frozen, prompt-ready vision backbone.
 
     ``mean``/``std`` override the backbone's own normalisation (the paper's in21k ViT was
-    used with ImageNet statistics while its own config says 0.5/0.5).
+    used with ImageNet statistics while its own config says 0.5/0.5). ``sdpa`` and
+    ``cls_shortcut`` are :class:`PromptedViT`'s speed-up switches (see there).
     """
     base, local = split_location(name)
     if base not in VISION_BACKBONES:
@@ -101,4 +103,4 @@ def load_vision_backbone(name: str, image_size: int, layout: str = "before_cls",
     vit, prep = VISION_BACKBONES[base](image_size, local)
     if mean is not None or std is not None:
         prep = VisionPreprocess(prep.image_size, tuple(mean or prep.mean), tuple(std or prep.std))  # type: ignore[arg-type]
-    return PromptedViT(vit, prep, layout=layout, name=base)
+    return PromptedViT(vit, prep, layout=layout, name=base, sdpa=sdpa, cls_shortcut=cls_shortcut)

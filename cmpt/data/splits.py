@@ -31,7 +31,6 @@ import hashlib
 import heapq
 import json
 import math
-import os
 import re
 import warnings
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from cmpt.assets import cache_dir
+from cmpt.atomic import write_atomic
 
 __all__ = ["MIN_TEST_FRACTION", "SPLIT_SEED", "split_sizes", "split_indices", "kshot_indices",
            "fraction_indices", "split_path"]
@@ -187,10 +187,7 @@ def _cached(task: str | None, kind: str, seed: int, arrays: tuple[np.ndarray, ..
     record = {"format": _FORMAT, "task": task, "kind": kind, "seed": seed, "fingerprint": fingerprint,
               "sizes": {k: int(len(v)) for k, v in result.items()},
               "indices": {k: v.tolist() for k, v in result.items()}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(record)))
     return result
 
 

@@ -1,0 +1,231 @@
+"""``cmpt bench`` / ``python -m cmpt.bench``: cmpt's fast paths against straightforward references.
+
+One process measures everything and prints one line per figure, each a ratio against a
+baseline measured in the same run on the same data (:mod:`cmpt.perf` holds the measuring):
+
+1. **prompt tuning**: images/s of one training step (prompt + head, frozen ViT) of cmpt's
+   path (:func:`cmpt.train.train_step` on cached embedding tokens, fused attention, the CLS
+   shortcut in the last block, the precision ``auto`` picks) against
+   :class:`cmpt.perf.ReferencePromptTuner` (the same timm model with its plain attention
+   path, fp32, the patch embedding recomputed from pixels every step, nothing cached);
+2. **FLOP/s**: the step's counted FLOPs times its rate, as a share of this machine's matmul
+   peak measured in the same run (in the precision the step computes in);
+3. **head-only**: linear probing, the random reference and frozen transfer from every source
+   of one target through :func:`cmpt.experiments.run_target`, with cached CLS features against
+   recomputing the backbone's forwards every epoch;
+4. **MMD table**: :func:`cmpt.gaps.modality_gap_table` for all source x target pairs against
+   :func:`cmpt.perf.direct_mmd_table`, Algorithm 1 written out pair by pair;
+5. **memory** of a training step (CUDA: peak allocated above resident; CPU: the activations
+   autograd keeps for the backward pass, the part of a step's memory that grows with the batch).
+
+Data are random tensors of the profile's shapes (speed does not depend on the values).
+``--ideas`` adds what was tried, kept or not: each switch off, bf16 autocast, one thread,
+several prompts batched in one forward; ``--compile`` adds ``torch.compile``.
+
+This module stays light (no torch import) so that the ``cmpt`` command starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from cmpt.profiles import Profile, get_profile
+
+__all__ = ["FIGURES", "BenchConfig", "BenchResult", "add_arguments", "config_from_args", "main", "run_bench"]
+
+#: the five figure lines start with these
+FIGURES = ("[1] prompt-tuning step", "[2] achieved FLOP/s", "[3] head-only", "[4] MMD table", "[5] training-step memory")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Sizes and switches of one benchmark run (defaults: the default profile, under 5 minutes on 2 cores)."""
+
+    profile: str = "default"
+    backbone: str = "dinov2-s14"
+    random_weights: bool = False  # a randomly initialised copy of the backbone (timing only; no download)
+    image_size: int = 56
+    prompt_length: int = 8
+    layout: str = "before_cls"
+    batch_size: int = 32
+    num_classes: int = 10
+    steps: int = 8  # timed steps per round
+    rounds: int = 3  # rounds alternating reference and cmpt; the median round counts
+    warmup: int = 2
+    # head-only settings (one target: linear, random and frozen from every source)
+    n_train: int = 80
+    n_val: int = 40
+    n_test: int = 200
+    head_epochs: int = 60
+    sources: int = 4
+    # MMD table
+    mmd_targets: int = 7
+    mmd_passes: int = 5
+    # machine and switches
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int = 0  # 0: leave torch's default
+    sdpa: bool | None = None  # None: PromptedViT's choice (fused on CUDA, explicit on CPU)
+    cls_shortcut: bool = True
+    ideas: bool = False
+    compile: bool = False
+    seed: int = 0
+
+    @classmethod
+    def from_profile(cls, profile: str | Profile = "default", overrides: Mapping[str, Any] | None = None,
+                     **values: Any) -> "BenchConfig":
+        """Sizes from a profile: backbone, image size, prompt, batch, splits, head epochs, sources, targets.
+
+        The test split is capped at 2000 images (the paper profile asks for all of them);
+        ``values`` set any :class:`BenchConfig` field. The smoke profile also times fewer steps.
+        """
+        cfg = get_profile(profile, dict(overrides or {}))
+        base = cls(profile=cfg.name, backbone=cfg.vision_backbone, image_size=cfg.image_size,
+                   prompt_length=cfg.prompt_length, layout=cfg.prompt_layout, batch_size=cfg.batch_size,
+                   n_train=cfg.n_train, n_val=cfg.n_val, n_test=min(cfg.n_test, 2000), head_epochs=cfg.head_epochs,
+                   sources=len(cfg.text_tasks), mmd_targets=len(cfg.image_tasks), device=cfg.device)
+        if cfg.name == "smoke":
+            base = replace(base, steps=2, rounds=2, warmup=1, mmd_passes=2)
+        return replace(base, **values)
+
+
+def _sdpa(value: bool | None) -> str:
+    return {None: "auto (fused on CUDA only)", True: "on", False: "off"}[value]
+
+
+def _describe(info: Mapping[str, Any]) -> str:
+    where = (f"cuda: {info['gpu']} ({info['gpu_memory_gib']} GiB, CUDA {info['cuda']})" if info["device"] == "cuda"
+             else f"cpu: {info['cpu']}")
+    return (f"{where}; {info['cores']} cores, {info['torch_threads']} torch threads; torch {info['torch']}, "
+            f"python {info['python']}")
+
+
+@dataclass
+class BenchResult:
+    """Everything one benchmark run measured; :meth:`lines` is the printed report."""
+
+    config: dict[str, Any]
+    machine: dict[str, Any]
+    figures: dict[str, dict[str, Any]]
+    ideas: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        """A header (machine, sizes), one line per figure, then any idea lines and the total time."""
+        c, f = self.config, self.figures
+        p, h, m = f["prompt_tuning"], f["head_only"], f["mmd"]
+        gflop = {k: v / c["batch_size"] / 1e9 for k, v in p["flops_per_step"].items()}
+        prec = p["precision"]
+        mem = p["memory"]
+        weights = " (random weights)" if c["random_weights"] else ""
+        out = [
+            f"device: {_describe(self.machine)}",
+            f"sizes: {c['backbone']}{weights} at {c['image_size']} px, prompt {c['prompt_length']} ({c['layout']}), "
+            f"batch {c['batch_size']}, {c['rounds']} rounds x {c['steps']} steps; cmpt path: sdpa={_sdpa(c['sdpa'])}, "
+            f"cls_shortcut={c['cls_shortcut']}, cached tokens, precision {c['precision']} -> {prec}",
+            f"{FIGURES[0]}: cmpt {p['images_per_s']['cmpt']:.1f} img/s vs reference "
+            f"{p['images_per_s']['reference']:.1f} img/s -> {p['speedup']:.2f}x (parity: max |logit diff| "
+            f"{p['parity']['max_abs_logit_diff']:.1e} in fp32, {p['parity']['max_abs_logit_diff_in_precision']:.1e} "
+            f"in {prec})",
+            f"{FIGURES[1]}: cmpt {p['achieved_flops']['cmpt'] / 1e9:.1f} GFLOP/s ({gflop['cmpt']:.3f} GFLOP/img) = "
+            f"{100 * p['peak_fraction']['cmpt']:.0f}% of the measured {prec} matmul peak "
+            f"{p['matmul_peak'][prec] / 1e9:.1f} GFLOP/s; reference {p['achieved_flops']['reference'] / 1e9:.1f} "
+            f"GFLOP/s ({gflop['reference']:.3f} GFLOP/img) = {100 * p['peak_fraction']['reference']:.0f}% of the "
+            f"fp32 peak {p['matmul_peak']['fp32'] / 1e9:.1f}",
+            f"{FIGURES[2]} ({h['runs']} runs of one target: linear, random, frozen x {h['runs'] - 2} sources; "
+            f"{h['epochs']} epochs): cached features {h['cached_s']:.2f} s vs recomputing {h['recompute_s']:.1f} s -> "
+            f"{h['speedup']:.1f}x (recomputing: 1 and 3 epochs of one run timed, extrapolated; 3-epoch test acc "
+            f"cached {h['test_acc_cached_3_epochs']:.3f} / recomputed {h['test_acc_recomputed_3_epochs']:.3f})",
+            f"{FIGURES[3]} ({m['pairs']} pairs, {m['tokens_per_target']} tokens per target, {c['mmd_passes']} "
+            f"passes): cmpt {m['cmpt_s']:.3f} s vs direct {m['direct_s']:.3f} s -> {m['speedup']:.1f}x "
+            f"(max relative difference {m['max_rel_diff']:.1e})",
+            f"{FIGURES[4]} ({mem['cmpt']['what']}): cmpt {mem['cmpt']['bytes'] / 2 ** 20:.1f} MiB vs reference "
+            f"{mem['reference']['bytes'] / 2 ** 20:.1f} MiB -> "
+            f"{mem['cmpt']['bytes'] / max(1, mem['reference']['bytes']):.2f}x",
+        ]
+        rates = self.ideas.get("images_per_s", {})
+        out += [f"idea: {name}: {rate:.1f} img/s ({rate / rates['fp32']:.2f}x cmpt's fp32 step)"
+                for name, rate in rates.items() if name != "fp32"]
+        if "compile" in self.ideas:
+            comp = self.ideas["compile"]
+            out.append(f"idea: torch.compile: first step {comp['compile_s']:.1f} s, then {comp['compiled']:.1f} img/s "
+                       f"vs eager {comp['eager']:.1f} img/s ({comp['compiled'] / comp['eager']:.2f}x)")
+        out.append(f"total {self.seconds:.0f} s")
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, default=float)
+
+    @classmethod
+    def from_json(cls, text: str) -> "BenchResult":
+        return cls(**json.loads(text))
+
+
+def run_bench(bc: BenchConfig) -> BenchResult:
+    """Measure every figure for ``bc`` (imports torch and the backbone)."""
+    import time
+
+    from cmpt.perf import measure
+
+    start = time.perf_counter()
+    measured = measure(bc)
+    return BenchResult(config=asdict(bc), seconds=time.perf_counter() - start, **measured)
+
+
+# ----------------------------------------------------------------------------- command line
+
+_SIZES = ("backbone", "image_size", "prompt_length", "batch_size", "steps", "rounds", "warmup", "n_train", "n_val",
+          "n_test", "head_epochs", "sources", "mmd_targets", "mmd_passes", "threads", "precision")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``cmpt bench`` (also those of ``python -m cmpt.bench``)."""
+    parser.add_argument("--profile", default="default", help="take the sizes from this profile (default: default)")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: the profile's, i.e. auto)")
+    parser.add_argument("--json", help="also write every measurement to this JSON file")
+    kinds = {f.name: f.type for f in fields(BenchConfig)}
+    for name in _SIZES:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, metavar="N" if kinds[name] == "int" else "NAME",
+                            type=int if kinds[name] == "int" else str, help="(default: from the profile)")
+    parser.add_argument("--sdpa", choices=("auto", "on", "off"), default="auto",
+                        help="fused attention in cmpt's path (auto: on CUDA only)")
+    parser.add_argument("--no-cls-shortcut", dest="cls_shortcut", action="store_false", default=None,
+                        help="run the last block on every token in cmpt's path")
+    parser.add_argument("--random-weights", action="store_true", default=None,
+                        help="time a randomly initialised backbone (no weights to fetch)")
+    parser.add_argument("--ideas", action="store_true", default=None,
+                        help="also time each switch off, bf16, one thread, several prompts in one forward")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="also time torch.compile (compile time and steady rate)")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    names = {f.name for f in fields(BenchConfig)} - {"profile", "sdpa"}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return BenchConfig.from_profile(args.profile, sdpa={"auto": None, "on": True, "off": False}[args.sdpa], **values)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    result = run_bench(config_from_args(args))
+    for line in result.lines():
+        print(line, flush=True)
+    if args.json:
+        Path(args.json).write_text(result.to_json())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cmpt.bench",
+                                     description="Benchmark cmpt's fast paths against straightforward references.")
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
