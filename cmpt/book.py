@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from cmpt.atomic import write_atomic
 from cmpt.profiles import PROFILE_FIELDS, ProfileError, get_profile
 from cmpt.records import ENV_VAR
 
@@ -230,9 +231,8 @@ def _save_time(plan: BookPlan, chapter: Chapter, seconds: float) -> None:
     times = chapter_times(build)
     times[chapter.entry] = {"seconds": round(seconds, 2), "profile": plan.profile,
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    part = build / (CHAPTER_TIMES + ".part")
-    part.write_text(json.dumps(times, indent=1, sort_keys=True))
-    os.replace(part, build / CHAPTER_TIMES)
+    text = json.dumps(times, indent=1, sort_keys=True)
+    write_atomic(build / CHAPTER_TIMES, lambda part: part.write_text(text))
 
 
 def _stage_static(plan: BookPlan, all_chapters: list[Chapter]) -> None:

@@ -25,12 +25,12 @@ import pandas as pd
 import torch
 
 from cmpt.assets import cache_dir
+from cmpt.atomic import write_atomic
 from cmpt.backbones import PromptedTextEncoder, PromptedViT, load_text_backbone, load_vision_backbone
 from cmpt.data import ImageTask, fraction_indices, kshot_indices, load_image_task, load_text_task, to_tensor
 from cmpt.features import cls_features, embed_tokens
 from cmpt.profiles import Profile
 from cmpt.prompts import Prompt, load_prompt, save_prompt
-from cmpt.atomic import write_atomic
 from cmpt.results import ResultsStore, config_hash, sweep
 from cmpt.source_training import train_source_prompt
 from cmpt.train import TrainConfig, fit, resolve_device
