@@ -23,11 +23,12 @@ import zipfile
 from pathlib import Path
 
 from cmpt.atomic import partial_path, write_atomic
+from cmpt.errors import InputError
 
 __all__ = ["AssetError", "archive_member", "cache_dir", "distribution", "package_file", "package_tree"]
 
 
-class AssetError(RuntimeError):
+class AssetError(InputError):
     """An input (weights, data) could not be found or fetched."""
 
 

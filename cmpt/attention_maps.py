@@ -254,13 +254,13 @@ def trained_classifiers(cfg: Profile, configs: Sequence[Mapping[str, Any]], prom
                         data: dict[str, TargetData] | None = None) -> list[TrainedRun]:
     """The trained model of every config, through the results store.
 
-    A config whose run and saved model (:func:`cmpt.experiments.model_path`) exist is loaded;
+    A config whose run and saved model (:meth:`~cmpt.results.ResultsStore.model_path`) exist is loaded;
     one without a run is trained and stored (as :func:`cmpt.experiments.target_sweep` would);
     one whose run predates saved models is trained again and its model saved. ``data`` caches
     :class:`~cmpt.experiments.TargetData` per target across calls.
     """
     from cmpt.backbones import load_vision_backbone
-    from cmpt.experiments import (load_trained, model_path, prepare_target, reference_norm, results_store,
+    from cmpt.experiments import (load_trained, prepare_target, reference_norm, results_store,
                                   run_target, save_trained)
 
     store = results_store(cfg)
@@ -273,7 +273,7 @@ def trained_classifiers(cfg: Profile, configs: Sequence[Mapping[str, Any]], prom
         if backbone is None:
             backbone = load_vision_backbone(cfg.vision_backbone, cfg.image_size, layout=cfg.prompt_layout,
                                             mean=cfg.image_mean, std=cfg.image_std)
-        path = model_path(store, config)
+        path = store.model_path(config)
         if store.has(config) and path.exists():
             out.append(TrainedRun(config, load_trained(path, backbone), store.get(config), False))
             continue

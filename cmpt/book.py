@@ -27,10 +27,11 @@ from typing import Any
 import yaml
 
 from cmpt.atomic import write_atomic
+from cmpt.errors import CmptError
 from cmpt.profiles import PROFILE_FIELDS, ProfileError, get_profile
 from cmpt.records import ENV_VAR
+from cmpt.results import RESULTS_ENV
 
-RESULTS_ENV = "CMPT_RESULTS"  # read by cmpt.experiments.results_store
 
 __all__ = ["CHAPTER_TIMES", "BookError", "BookPlan", "Chapter", "build_book", "chapter_times", "chapters", "find_root",
            "plan_book"]
@@ -39,7 +40,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 CHAPTER_TIMES = "chapter_times.json"  # under OUT/_build: {chapter: {"seconds", "profile", "finished"}}
 
 
-class BookError(RuntimeError):
+class BookError(CmptError):
     """A chapter failed, or the book could not be built."""
 
 

@@ -43,7 +43,8 @@ def _sweep(args: argparse.Namespace) -> int:
     """The target grid (settings x targets x sources x seeds) through the results store, resumable."""
     import os
 
-    from cmpt.experiments import RESULTS_ENV, SETTING_HPARAMS, results_store, setting_configs, source_bank, target_sweep
+    from cmpt.results import RESULTS_ENV
+    from cmpt.experiments import SETTING_HPARAMS, results_store, setting_configs, source_bank, target_sweep
     from cmpt.profiles import get_profile
     from cmpt.sweep import SOURCE_SETTINGS, SweepError, require_ray
 

@@ -34,20 +34,17 @@ from cmpt.prompts import Prompt, load_prompt, save_prompt
 from cmpt.results import ResultsStore, config_hash, sweep
 from cmpt.source_training import train_source_prompt
 from cmpt.train import TrainConfig, fit, resolve_device
-from cmpt.transfer import HEAD_ONLY, PromptedClassifier, PromptSource, make_prompt_source
+from cmpt.model_files import SavedPrompt, load_trained, save_trained
+from cmpt.transfer import HEAD_ONLY, PromptedClassifier, make_prompt_source
 
-__all__ = ["RESULTS_ENV", "SETTING_HPARAMS", "SavedPrompt", "TargetData", "TargetRunner", "build_classifier",
-           "load_trained", "model_path", "prepare_target", "reference_norm", "results_store", "run_target",
+__all__ = ["SETTING_HPARAMS", "SavedPrompt", "TargetData", "TargetRunner", "build_classifier",
+           "load_trained", "prepare_target", "reference_norm", "results_store", "run_target",
            "save_trained", "setting_configs", "source_bank", "source_config", "subset_indices", "target_config",
            "target_sweep"]
 
-RESULTS_ENV = "CMPT_RESULTS"  # the book runner points it at OUT/_build/results
-
-
 def results_store(cfg: Profile) -> ResultsStore:
-    """The store for ``cfg``: ``$CMPT_RESULTS/<profile>`` (the book runner sets it) or the cache."""
-    root = Path(os.environ.get(RESULTS_ENV) or cache_dir() / "results")
-    return ResultsStore(root / cfg.name)
+    """The store of ``cfg`` (see :func:`cmpt.results.results_root` for where it lives)."""
+    return ResultsStore.for_profile(cfg)
 
 
 # ----------------------------------------------------------------------------- source prompts
@@ -74,16 +71,15 @@ def source_bank(cfg: Profile, seed: int | None = None, encoder: PromptedTextEnco
         prompt, result = train_source_prompt(state["encoder"], task, cfg.prompt_length, cfg.source_epochs,
                                              cfg.source_lr, cfg.source_batch_size, seed, cfg.text_backbone,
                                              device=cfg.device)
-        path = store.root / "prompts" / f"{config['task']}-{seed}-{store.path(config).stem}.safetensors"
-        save_prompt(prompt, path)
+        path = save_prompt(prompt, store.prompt_path(config, f"{config['task']}-{seed}"))
         record = result.to_record()
-        record["final"]["prompt_file"] = str(path.relative_to(store.root))
+        record["final"]["prompt_file"] = store.relative(path)
         record["final"]["group"] = task.group
         return record
 
     configs = [source_config(cfg, task, seed) for task in cfg.text_tasks]
     sweep(store, configs, train, desc="source prompts")
-    return {c["task"]: load_prompt(store.root / store.get(c)["final"]["prompt_file"]) for c in configs}
+    return {c["task"]: load_prompt(store.resolve(store.get(c)["final"]["prompt_file"])) for c in configs}
 
 
 # ----------------------------------------------------------------------------- target side
@@ -239,53 +235,12 @@ def reference_norm(prompts: Mapping[str, Prompt]) -> float:
     return sum(norms) / len(norms) if norms else 1.0
 
 
-class SavedPrompt(PromptSource):
-    """The prompt arguments a trained prompt source produced, as fixed buffers (for inspection)."""
-
-    def __init__(self, kwargs: Mapping[str, torch.Tensor]) -> None:
-        super().__init__()
-        self.names = tuple(kwargs)
-        for name, value in kwargs.items():
-            self.register_buffer(name, value.detach().clone().float())
-
-    def forward(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name) for name in self.names}
-
-
-def model_path(store: ResultsStore, config: Mapping[str, Any]) -> Path:
-    """Where :func:`target_sweep` keeps the trained prompt and head of ``config``."""
-    return store.root / "models" / f"{config_hash(config)}.safetensors"
-
-
-def save_trained(model: PromptedClassifier, path: str | os.PathLike) -> None:
-    """Save the prompt ``model`` feeds its backbone (``prompt`` or ``deep_prompts``) and its head, atomically."""
-    from safetensors.torch import save_file
-
-    with torch.no_grad():
-        tensors = {name: value.detach().cpu().float().contiguous() for name, value in model.source().items()}
-    tensors.update({f"head.{name}": value.detach().cpu().float().contiguous()
-                    for name, value in model.head.state_dict().items()})
-    write_atomic(path, lambda part: save_file(tensors, str(part)))
-
-
-def load_trained(path: str | os.PathLike, backbone: PromptedViT) -> PromptedClassifier:
-    """A :class:`PromptedClassifier` whose forward equals the saved trained model's (prompt fixed)."""
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(path))
-    head = {name[len("head."):]: value for name, value in tensors.items() if name.startswith("head.")}
-    model = PromptedClassifier(backbone, SavedPrompt({k: v for k, v in tensors.items() if not k.startswith("head.")}),
-                               num_classes=head["weight"].shape[0])
-    model.head.load_state_dict(head)
-    return model.eval()
-
-
 class TargetRunner:
     """The run function of target configs of one profile: ``runner(config) -> record``.
 
     Loads the vision backbone and each target's embedded data once, on first use, and keeps
     them for the configs that follow (one sweep, or every task a Ray worker process runs).
-    With ``save_models`` each run's trained prompt and head go to :func:`model_path`.
+    With ``save_models`` each run's trained prompt and head go to :meth:`~cmpt.results.ResultsStore.model_path`.
     """
 
     def __init__(self, cfg: Profile, store: ResultsStore, prompts: Mapping[str, Prompt] | None = None,
@@ -311,7 +266,7 @@ class TargetRunner:
         record, model = run_target(config, self.backbone, self.data[config["target"]], source,
                                    reference_norm=self.norm, device=cfg.device, return_model=True)
         if self.save_models:
-            save_trained(model, model_path(self.store, config))
+            save_trained(model, self.store.model_path(config))
         return record
 
 
@@ -320,7 +275,7 @@ def target_sweep(cfg: Profile, configs: list[dict[str, Any]], prompts: dict[str,
                  **options: Any) -> pd.DataFrame:
     """Run every missing config (loading backbone and targets lazily) and return their table.
 
-    With ``save_models`` each new run's trained prompt and head go to :func:`model_path`.
+    With ``save_models`` each new run's trained prompt and head go to :meth:`~cmpt.results.ResultsStore.model_path`.
     ``executor`` is ``"local"`` (in this process) or ``"ray"`` (one Ray task per run, see
     :mod:`cmpt.sweep`); ``options`` (``retries``, ``on_error``, ``address``, ``num_cpus``,
     ``num_gpus``) go to :func:`cmpt.sweep.run_sweep`. The table's ``attrs["sweep"]`` counts

@@ -25,10 +25,12 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from cmpt.errors import InputError
+
 __all__ = ["Profile", "ProfileError", "PROFILES", "get_profile", "parse_value"]
 
 
-class ProfileError(ValueError):
+class ProfileError(InputError):
     """An unknown profile, an unknown parameter name, or a value of the wrong type."""
 
 

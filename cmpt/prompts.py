@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from cmpt.atomic import write_atomic
+from cmpt.errors import InputError
 
 __all__ = [
     "Prompt",
@@ -53,7 +54,7 @@ SU2022_TASKS: dict[str, tuple[str, str]] = {
 }
 
 
-class PromptError(ValueError):
+class PromptError(InputError):
     """A prompt file that cannot be used: malformed, hostile, or the wrong width."""
 
 

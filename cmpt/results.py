@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import re
 import time
 import traceback as _traceback
 import warnings
@@ -38,19 +39,23 @@ from typing import Any, Union
 import pandas as pd
 from tqdm.auto import tqdm
 
+from cmpt.assets import cache_dir
 from cmpt.atomic import write_atomic
+from cmpt.errors import InputError
 from cmpt.records import _plain
 
-__all__ = ["CorruptRecordError", "ResultsStore", "RunConfig", "canonical_config", "config_hash", "sweep"]
+__all__ = ["RESULTS_ENV", "results_root", "CorruptRecordError", "ResultsStore", "RunConfig", "canonical_config", "config_hash", "sweep"]
 
 #: What a configuration may be: a mapping of names to JSON-like values, or a dataclass.
 RunConfig = Union[Mapping[str, Any], Any]
 
 HASH_LENGTH = 16
+#: environment variable naming the folder of per-profile stores (see :func:`results_root`)
+RESULTS_ENV = "CMPT_RESULTS"
 STATUSES = ("done", "failed")
 
 
-class CorruptRecordError(RuntimeError):
+class CorruptRecordError(InputError):
     """A record file in the store cannot be trusted."""
 
     def __init__(self, path: Path, reason: str) -> None:
@@ -128,18 +133,75 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def results_root(root: str | os.PathLike | None = None) -> Path:
+    """The folder that holds one store per profile.
+
+    ``root`` when given; else ``$CMPT_RESULTS``; else the book's own store, ``_build/results``
+    of the project checkout when the current folder is inside one (so ``cmpt book``, plain
+    papermill and JupyterLab share their runs); else ``results/`` of the cmpt cache.
+    """
+    if root is not None:
+        return Path(root).expanduser().resolve()
+    if os.environ.get(RESULTS_ENV):
+        return Path(os.environ[RESULTS_ENV]).expanduser().resolve()
+    project = _project_root(Path.cwd())
+    if project is not None:
+        return project / "_build" / "results"
+    return cache_dir() / "results"
+
+
+def _project_root(start: Path) -> Path | None:
+    """The cmpt checkout holding ``start`` (a folder with ``_toc.yml`` and ``cmpt/``), if any."""
+    for folder in (start, *start.parents):
+        if (folder / "_toc.yml").is_file() and (folder / "cmpt" / "__init__.py").is_file():
+            return folder
+    return None
+
+
 class ResultsStore:
-    """One JSON record per run under ``root``, keyed by :func:`config_hash`."""
+    """One JSON record per run under ``root``, keyed by :func:`config_hash`.
+
+    The store owns its layout: ``<hash>.json`` records, trained models in ``models/``
+    (:meth:`model_path`), source prompts in ``prompts/`` (:meth:`prompt_path`) and prompts
+    staged for workers in ``prompts/staged/`` (:meth:`staged_prompt_path`).
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
+    @classmethod
+    def for_profile(cls, profile: str | Any, root: str | os.PathLike | None = None) -> "ResultsStore":
+        """The store of a profile (a name or a :class:`~cmpt.profiles.Profile`) under :func:`results_root`."""
+        name = profile if isinstance(profile, str) else profile.name
+        return cls(results_root(root) / name)
+
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.root)!r})"
 
     def path(self, config: RunConfig) -> Path:
+        """The record file of ``config``."""
         return self.root / f"{config_hash(config)}.json"
+
+    def model_path(self, config: RunConfig) -> Path:
+        """Where the trained prompt and head of the run ``config`` are kept."""
+        return self.root / "models" / f"{config_hash(config)}.safetensors"
+
+    def prompt_path(self, config: RunConfig, name: str) -> Path:
+        """Where the prompt trained by the run ``config`` is kept; ``name`` leads the file name."""
+        return self.root / "prompts" / f"{_safe_stem(name)}-{config_hash(config)}.safetensors"
+
+    def staged_prompt_path(self, name: str, digest: str) -> Path:
+        """Where a prompt that is not a run's own output is staged for workers (named by content)."""
+        return self.root / "prompts" / "staged" / f"{_safe_stem(name)}-{digest}.safetensors"
+
+    def relative(self, path: str | os.PathLike) -> str:
+        """``path`` relative to the store (how records refer to the store's files)."""
+        return str(Path(path).resolve().relative_to(self.root.resolve()))
+
+    def resolve(self, relative: str) -> Path:
+        """A file a record names, relative to the store."""
+        return self.root / relative
 
     # -- reading ---------------------------------------------------------------------------
     def _load(self, path: Path) -> dict[str, Any]:
@@ -297,6 +359,10 @@ class ResultsStore:
                 if attempt == retries:
                     raise
         raise AssertionError("unreachable")
+
+
+def _safe_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(name)) or "_"
 
 
 def _flat(prefix: str, value: Any, flatten: bool, out: dict[str, Any]) -> None:

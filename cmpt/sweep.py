@@ -62,6 +62,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cmpt.experiments import TargetRunner, reference_norm, source_config
+from cmpt.errors import CmptError
 from cmpt.profiles import Profile
 from cmpt.prompts import Prompt, load_prompt, save_prompt
 from cmpt.results import ResultsStore, RunConfig, config_hash, sweep
@@ -76,7 +77,7 @@ RAY_INSTALL_HINT = "pip install -r requirements-ray.txt"
 SOURCE_SETTINGS: tuple[str, ...] = ("frozen", "projection", "attention")
 
 
-class SweepError(RuntimeError):
+class SweepError(CmptError):
     """Runs that still failed after their retries, or an executor that cannot be used."""
 
     def __init__(self, message: str, failed: Iterable[str] = ()) -> None:
@@ -282,7 +283,7 @@ def _bank_file(cfg: Profile, store: ResultsStore, name: str, prompt: Prompt) -> 
         record = store.get(source_config(cfg, name, seed))
         if record is None or record["status"] != "done":
             continue
-        path = (store.root / record["final"]["prompt_file"]).resolve()
+        path = store.resolve(record["final"]["prompt_file"]).resolve()
         if path.exists() and torch.equal(load_prompt(path).tensor, prompt.tensor):
             return path
     return None
@@ -292,8 +293,7 @@ def _staged_file(store: ResultsStore, name: str, prompt: Prompt) -> Path:
     values = prompt.tensor.contiguous().numpy()
     meta = json.dumps(prompt.metadata(), sort_keys=True, default=str)
     digest = hashlib.sha256(values.tobytes() + meta.encode()).hexdigest()[:16]
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-    path = (store.root / "prompts" / "staged" / f"{stem}-{digest}.safetensors").resolve()
+    path = store.staged_prompt_path(name, digest).resolve()
     if not path.exists():
         save_prompt(prompt, path)
     return path

@@ -7,6 +7,7 @@ cache) or build a whole book are marked ``slow``; they run in CI too.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ SU2022 = ROOT.parent / "shared" / "data" / "su2022-roberta-prompts"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Runs the tests make go to a store of their own, never to the book's _build/results.
+os.environ["CMPT_RESULTS"] = tempfile.mkdtemp(prefix="cmpt-test-results-")
 
 
 @pytest.fixture(scope="session")

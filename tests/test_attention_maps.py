@@ -74,7 +74,7 @@ def test_query_attention_from_the_model_and_from_a_record():
 
 
 def test_trained_models_come_back_from_the_store_with_their_accuracy(tmp_path, monkeypatch):
-    from cmpt.experiments import model_path, prepare_target, results_store, setting_configs, target_sweep
+    from cmpt.experiments import prepare_target, results_store, setting_configs, target_sweep
     from cmpt.train import evaluate
 
     monkeypatch.setenv("CMPT_RESULTS", str(tmp_path))
@@ -88,8 +88,8 @@ def test_trained_models_come_back_from_the_store_with_their_accuracy(tmp_path, m
     for run in loaded:
         acc = evaluate(run.model, data["clevr_count"].split("test"))["acc"]
         assert acc == pytest.approx(store.get(run.config)["final"]["test_acc"], abs=1e-9)
-    model_path(store, configs[1]).unlink()  # a run stored before models were kept: trained again
+    store.model_path(configs[1]).unlink()  # a run stored before models were kept: trained again
     (again,) = trained_classifiers(SMOKE, configs[1:], backbone=backbone, data=data)
-    assert again.trained_here and model_path(store, configs[1]).exists()
+    assert again.trained_here and store.model_path(configs[1]).exists()
     final = again.record["final"]
     assert final["retrained_test_acc"] == pytest.approx(final["test_acc"], abs=1e-9)

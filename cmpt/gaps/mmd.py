@@ -26,6 +26,7 @@ import torch
 from scipy import stats
 from torch import Tensor
 
+from cmpt.errors import InputError
 from cmpt.prompts import Prompt
 
 __all__ = ["BANDWIDTH_FACTORS", "WidthMismatchError", "check_same_width", "mmd2_batched", "modality_gap",
@@ -37,7 +38,7 @@ BANDWIDTH_FACTORS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 CHUNK_ELEMENTS = 2 ** 22
 
 
-class WidthMismatchError(ValueError):
+class WidthMismatchError(InputError):
     """A source prompt and target features (or target prompt) of different widths."""
 
 
