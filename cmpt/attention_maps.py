@@ -17,14 +17,14 @@ checks it). From the recorded ``[B, heads, T, T]`` per block:
 
 The layout decides the indices: ``before_cls`` is ``[P; CLS; patches]`` and ``after_cls`` is
 ``[CLS; P; patches]``; :class:`RecordedAttention` carries them, taken from the backbone's own
-:meth:`~cmpt.backbones.vision.PromptedViT.readout_index` and ``_prompt_slice``.
+:meth:`~cmpt.backbones.vision.PromptedViT.readout_index` and ``prompt_slice``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,14 +33,10 @@ from torch import nn
 from cmpt.backbones.vision import PromptedViT, record_attention
 from cmpt.transfer import AttentionPrompt, PromptedClassifier
 
-if TYPE_CHECKING:  # only for annotations: the experiments module pulls in the text side too
-    from cmpt.experiments import TargetData
-    from cmpt.profiles import Profile
-    from cmpt.prompts import Prompt
 
-__all__ = ["RecordedAttention", "TrainedRun", "cls_patch_attention", "overlay", "plot_image_attention",
+__all__ = ["RecordedAttention", "cls_patch_attention", "overlay", "plot_image_attention",
            "prompt_mass", "query_attention", "reapply_attention", "reapply_error", "record_maps", "rollout",
-           "rollout_cls_patches", "trained_classifiers"]
+           "rollout_cls_patches"]
 
 
 @dataclass
@@ -84,7 +80,7 @@ def _grid(backbone: PromptedViT) -> tuple[int, int]:
 def record_maps(model: PromptedClassifier, inputs: torch.Tensor) -> RecordedAttention:
     """Run ``model`` on ``inputs`` (images or embedded tokens) in eval mode and record every block's attention."""
     backbone = _backbone(model)
-    kwargs = model.source()
+    kwargs = model.prompt_source()
     deep = "deep_prompts" in kwargs
     length = kwargs["deep_prompts"].shape[1] if deep else (kwargs["prompt"].shape[-2] if "prompt" in kwargs else 0)
     was_training = model.training
@@ -96,7 +92,7 @@ def record_maps(model: PromptedClassifier, inputs: torch.Tensor) -> RecordedAtte
         model.train(was_training)
     if len(maps) != backbone.depth:
         raise RuntimeError(f"recorded {len(maps)} attention maps for {backbone.depth} blocks")
-    slots = backbone._prompt_slice(length) if length else slice(0, 0)
+    slots = backbone.prompt_slice(length) if length else slice(0, 0)
     patches = slice(length + 1, length + 1 + backbone.num_patches)
     return RecordedAttention(torch.stack(maps).cpu(), backbone.readout_index(length), slots, patches,
                              _grid(backbone), deep)
@@ -146,10 +142,10 @@ def query_attention(trained: PromptedClassifier | Mapping[str, Any]) -> np.ndarr
     attention-transfer run's record (``final.query_attention``, written by ``run_target``).
     """
     if isinstance(trained, PromptedClassifier):
-        if not isinstance(trained.source, AttentionPrompt):
-            raise ValueError(f"query attention needs an attention-transfer model, got {type(trained.source).__name__}")
+        if not isinstance(trained.prompt_source, AttentionPrompt):
+            raise ValueError(f"query attention needs an attention-transfer model, got {type(trained.prompt_source).__name__}")
         with torch.no_grad():
-            return trained.source.attention().cpu().numpy()
+            return trained.prompt_source.attention().cpu().numpy()
     final = trained.get("final", trained)
     if final.get("query_attention") is None:
         raise ValueError("the record has no query_attention: it is not an attention-transfer run")
@@ -232,68 +228,3 @@ def plot_image_attention(image: np.ndarray, patches: np.ndarray | torch.Tensor, 
 
 
 # ----------------------------------------------------------------------------- trained models
-
-
-@dataclass
-class TrainedRun:
-    """A trained model of one target-run config, with its stored record.
-
-    ``trained_here``: no saved model existed, so it was trained by this call; when the run
-    itself was already stored (before models were kept), the record's ``final`` carries the
-    re-run's ``retrained_test_acc`` next to the stored ``test_acc``.
-    """
-
-    config: dict[str, Any]
-    model: PromptedClassifier
-    record: dict[str, Any]
-    trained_here: bool
-
-
-def trained_classifiers(cfg: Profile, configs: Sequence[Mapping[str, Any]], prompts: Mapping[str, Prompt] | None = None,
-                        backbone: PromptedViT | None = None,
-                        data: dict[str, TargetData] | None = None) -> list[TrainedRun]:
-    """The trained model of every config, through the results store.
-
-    A config whose run and saved model (:meth:`~cmpt.results.ResultsStore.model_path`) exist is loaded;
-    one without a run is trained and stored (as :func:`cmpt.experiments.target_sweep` would);
-    one whose run predates saved models is trained again and its model saved. ``data`` caches
-    :class:`~cmpt.experiments.TargetData` per target across calls.
-    """
-    from cmpt.backbones import load_vision_backbone
-    from cmpt.experiments import (load_trained, prepare_target, reference_norm, results_store,
-                                  run_target, save_trained)
-
-    store = results_store(cfg)
-    prompts = dict(prompts or {})
-    data = {} if data is None else data
-    norm = reference_norm(prompts)
-    out = []
-    for config in configs:
-        config = dict(config)
-        if backbone is None:
-            backbone = load_vision_backbone(cfg.vision_backbone, cfg.image_size, layout=cfg.prompt_layout,
-                                            mean=cfg.image_mean, std=cfg.image_std)
-        path = store.model_path(config)
-        if store.has(config) and path.exists():
-            out.append(TrainedRun(config, load_trained(path, backbone), store.get(config), False))
-            continue
-        if config["target"] not in data:
-            data[config["target"]] = prepare_target(config["target"], cfg, backbone)
-        source = prompts.get(config["source"]) if config.get("source") else None
-        holder: dict[str, PromptedClassifier] = {}
-
-        def train(c: dict[str, Any]) -> dict[str, Any]:
-            record, holder["model"] = run_target(c, backbone, data[c["target"]], source, reference_norm=norm,
-                                                 device=cfg.device, return_model=True)
-            return record
-
-        if store.has(config):  # the stored run stays the reference; say what the re-run gave
-            previous = store.get(config)
-            fresh = train(config)
-            record = {**previous, "final": {**previous["final"], "retrained_test_acc": fresh["final"]["test_acc"]}}
-        else:
-            record = store.run(config, train)
-        model = holder["model"]
-        save_trained(model, path)
-        out.append(TrainedRun(config, model.eval(), record, True))
-    return out

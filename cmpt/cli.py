@@ -6,13 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from cmpt.profiles import PROFILES, ProfileError, parse_value
+from cmpt.errors import CmptError, check_names
+from cmpt.profiles import PROFILES, Profile, ProfileError, get_profile, parse_value
 
 __all__ = ["main"]
 
 
 def _book(args: argparse.Namespace) -> int:
-    from cmpt.book import BookError, build_book, find_root
+    from cmpt.book import build_book, find_root
 
     overrides = {}
     for name, value in args.param:
@@ -21,12 +22,8 @@ def _book(args: argparse.Namespace) -> int:
         overrides[name] = parse_value(value)
     root = find_root(Path(args.root) if args.root else None)
     out = Path(args.out) if args.out else root
-    try:
-        build_book(root, out.resolve(), profile=args.profile, overrides=overrides, only=args.only or None,
-                   html=not args.no_html)
-    except BookError as err:
-        print(f"cmpt book: {err}", file=sys.stderr)
-        return 1
+    build_book(root, out.resolve(), profile=args.profile, overrides=overrides, only=args.only or None,
+               html=not args.no_html)
     return 0
 
 
@@ -39,51 +36,72 @@ def _profiles(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep(args: argparse.Namespace) -> int:
-    """The target grid (settings x targets x sources x seeds) through the results store, resumable."""
-    import os
+#: test images per target the plan assumes at most: the mean VTAB-1k test split is of this order
+ASSUMED_TEST_IMAGES = 20_000
 
-    from cmpt.results import RESULTS_ENV
-    from cmpt.experiments import SETTING_HPARAMS, results_store, setting_configs, source_bank, target_sweep
-    from cmpt.profiles import get_profile
-    from cmpt.sweep import SOURCE_SETTINGS, SweepError, require_ray
 
+def _profile_from(args: argparse.Namespace) -> Profile:
     names = [name for name, _ in args.param]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise ProfileError(f"parameter(s) {', '.join(twice)} given twice")
-    cfg = get_profile(args.profile, {name: parse_value(value) for name, value in args.param})
+    return get_profile(args.profile, {name: parse_value(value) for name, value in args.param})
+
+
+def _grid(args: argparse.Namespace, profile: Profile) -> tuple[list[str], list[str], list[str]]:
+    """The settings, targets and sources asked for, every name checked before any work starts."""
+    from cmpt.data import IMAGE_TASKS, VTAB_TASKS
+    from cmpt.run_config import SETTING_HPARAMS
+
     settings = args.settings or list(SETTING_HPARAMS)
-    unknown = [s for s in settings if s not in SETTING_HPARAMS]
-    if unknown:
-        print(f"cmpt sweep: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(SETTING_HPARAMS)}",
-              file=sys.stderr)
-        return 2
-    if args.results:
-        os.environ[RESULTS_ENV] = str(Path(args.results).resolve())
-    try:
-        if args.executor == "ray":
-            require_ray(args.address)  # fail before training anything if Ray is missing
-        # the source bank (and the random prompts' reference norm) come first, trained here if missing
-        bank = source_bank(cfg) if any(s in SOURCE_SETTINGS or s == "random" for s in settings) else {}
-        sources = args.sources or list(bank)
-        strangers = [s for s in sources if s not in bank]
-        if strangers:
-            print(f"cmpt sweep: source(s) {', '.join(strangers)} are not in the bank of profile {cfg.name} "
-                  f"({', '.join(bank) or 'no source setting asked for'}); add them with -p text_tasks", file=sys.stderr)
-            return 2
-        configs = [c for s in settings
-                   for c in setting_configs(cfg, s, args.targets or cfg.image_tasks,
-                                            sources if s in SOURCE_SETTINGS else (None,), args.seeds)]
-        table = target_sweep(cfg, configs, prompts=bank, desc=f"{cfg.name} grid", executor=args.executor,
-                             retries=args.retries, on_error="continue", address=args.address,
-                             num_cpus=args.num_cpus, num_gpus=args.num_gpus)
-    except SweepError as err:
-        print(f"cmpt sweep: {err}", file=sys.stderr)
-        return 1
+    check_names("setting", settings, SETTING_HPARAMS)
+    targets = args.targets or list(profile.image_tasks)
+    check_names("target task", targets, sorted(set(profile.image_tasks) | set(IMAGE_TASKS) | set(VTAB_TASKS)))
+    sources = args.sources or list(profile.text_tasks)
+    check_names("source", sources, profile.text_tasks,
+                hint=f"the source bank of profile {profile.name}; add tasks with -p text_tasks")
+    return settings, targets, sources
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """The target grid (settings x targets x sources x seeds) through the results store, resumable."""
+    from cmpt.experiments import source_bank
+    from cmpt.protocol import PROTOCOL_LABELS, plan_table, run_protocol
+    from cmpt.results import ResultsStore
+    from cmpt.run_config import setting_configs
+    from cmpt.sweep import require_ray
+    from cmpt.transfer import SOURCE_SETTINGS
+
+    profile = _profile_from(args)
+    settings, targets, sources = _grid(args, profile)
+
+    def configs_for(setting: str) -> list:
+        return setting_configs(profile, setting, targets, sources if setting in SOURCE_SETTINGS else (None,),
+                               args.seeds)
+
+    configs = [c for s in settings for c in configs_for(s)]
+    if args.plan:
+        test_images = min(profile.n_test, ASSUMED_TEST_IMAGES)
+        table = plan_table(profile, configs, test_images=test_images)
+        print(f"cmpt sweep --plan, profile {profile.name}: {PROTOCOL_LABELS[profile.protocol]}; "
+              f"test splits counted as {test_images:,} images each")
+        print(table.to_string(float_format=lambda v: f"{v:,.1f}"))
+        total = table.drop(columns="GPU hours").to_numpy().sum()
+        print(f"total: {total:,} runs, {table['GPU hours'].sum():,.1f} GPU hours (an A100 at an assumed 40% "
+              f"of its 312 TFLOP/s BF16 peak; see the performance chapter)")
+        return 0
+    if args.executor == "ray":
+        require_ray(args.address)  # fail before training anything if Ray is missing
+    store = ResultsStore.for_profile(profile, root=args.results)
+    # the source bank (and the random prompts' reference norm) come first, trained here if missing
+    needs_bank = any(s in SOURCE_SETTINGS or s == "random" for s in settings)
+    bank = source_bank(profile, store=store) if needs_bank else {}
+    table = run_protocol(profile, configs, prompts=bank, desc=f"{profile.name} grid", store=store,
+                         executor=args.executor, retries=args.retries, on_error="continue",
+                         address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
     report = table.attrs["sweep"]
     print(f"cmpt sweep: {report['total']} runs: {report['ran']} ran, {report['skipped']} already done, "
-          f"{len(report['failed'])} failed; results in {results_store(cfg).root}")
+          f"{len(report['failed'])} failed; results in {store.root}")
     return 1 if report["failed"] else 0
 
 
@@ -129,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--retries", type=int, default=1, help="tries after a failed or lost run (default: 1)")
     grid.add_argument("--num-cpus", type=float, default=1, help="CPUs per Ray task (default: 1)")
     grid.add_argument("--num-gpus", type=float, default=0, help="GPUs per Ray task (default: 0)")
+    grid.add_argument("--plan", action="store_true",
+                      help="run nothing: print the search and final runs per setting and the projected GPU hours")
     grid.set_defaults(func=_sweep)
 
     from cmpt.bench import add_arguments as bench_arguments
@@ -140,12 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a problem cmpt diagnosed is one line on stderr (exit 2 for bad input, else 1)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ProfileError as err:
-        print(f"cmpt: {err}", file=sys.stderr)
-        return 2
+    except CmptError as err:
+        message = " ".join(str(err).split())  # one line, whatever the message held
+        print(f"cmpt {args.command}: {message}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"cmpt {args.command}: interrupted; finished runs are kept, run the same command to resume",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

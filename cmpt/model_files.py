@@ -39,7 +39,7 @@ def save_trained(model: PromptedClassifier, path: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
 
     with torch.no_grad():
-        tensors = {name: value.detach().cpu().float().contiguous() for name, value in model.source().items()}
+        tensors = {name: value.detach().cpu().float().contiguous() for name, value in model.prompt_source().items()}
     tensors.update({f"head.{name}": value.detach().cpu().float().contiguous()
                     for name, value in model.head.state_dict().items()})
     return write_atomic(path, lambda part: save_file(tensors, str(part)))

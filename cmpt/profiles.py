@@ -70,6 +70,17 @@ class Profile:
     batch_size: int = 64
     seeds: tuple[int, ...] = (42, 44, 100)
     selection: str = "val"  # "val", "last" or "best_test" (the original code's; labelled)
+    # where the source prompts come from: "trained" (tuned by cmpt on text_backbone) or "su2022"
+    # (the 13 published RoBERTa-base prompts, shipped with cmpt)
+    source_bank: str = "trained"
+    # "val": one run per seed on the train split, epoch chosen by `selection`; "vtab": grid search on
+    # train (800) chosen on val (200), then one final run per seed on train+val (1,000), tested once
+    protocol: str = "val"
+    # the "vtab" protocol's grids: (setting, optimizer, base learning rates, weight decays) per setting;
+    # a setting without an entry keeps its fixed recipe (cmpt.run_config.SETTING_HPARAMS)
+    search: tuple[tuple[str, str, tuple[float, ...], tuple[float, ...]], ...] = ()
+    # concentrated lengths l_s searched for attention transfer before its learning rate
+    concentrated_grid: tuple[int, ...] = ()
     device: str = "auto"
     description: str = ""
 
@@ -101,6 +112,17 @@ class Profile:
                 raise ProfileError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.seeds:
             raise ProfileError("seeds must name at least one seed")
+        if self.source_bank not in ("trained", "su2022"):
+            raise ProfileError(f"source_bank must be 'trained' or 'su2022', got {self.source_bank!r}")
+        if self.protocol not in ("val", "vtab"):
+            raise ProfileError(f"protocol must be 'val' or 'vtab', got {self.protocol!r}")
+        for setting, optimizer, lrs, decays in self.search:
+            if optimizer not in ("adam", "sgd") or not lrs or not decays or min(lrs) <= 0 or min(decays) < 0:
+                raise ProfileError(f"search entry for {setting!r} needs optimizer 'adam' or 'sgd', positive learning "
+                                   f"rates and non-negative weight decays, got {(setting, optimizer, lrs, decays)}")
+        if any(not 0 < ls <= self.prompt_length for ls in self.concentrated_grid):
+            raise ProfileError(f"concentrated_grid values must be in 1..prompt_length ({self.prompt_length}), "
+                               f"got {self.concentrated_grid}")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,17 +141,26 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if isinstance(value, str) and hint is not str:
         value = parse_value(value)
     if origin is tuple:
-        (item_type, _ellipsis) = typing.get_args(hint)
-        if isinstance(value, (str, int, float)):
-            value = (value,)
-        if not isinstance(value, (list, tuple)):
-            raise ProfileError(f"{name} must be a list of {item_type.__name__}, got {value!r}")
-        return tuple(_coerce(name, v, item_type) for v in value)
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+            if isinstance(value, (str, int, float)):
+                value = (value,)
+            if not isinstance(value, (list, tuple)):
+                raise ProfileError(f"{name} must be a list of {_type_name(args[0])}, got {value!r}")
+            return tuple(_coerce(name, v, args[0]) for v in value)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):  # tuple[X, Y, ...]: fixed length
+            raise ProfileError(f"{name}: each entry must be a list of {len(args)} items "
+                               f"({', '.join(_type_name(a) for a in args)}), got {value!r}")
+        return tuple(_coerce(name, v, a) for v, a in zip(value, args))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ProfileError(f"{name} must be {hint.__name__}, got {value!r} ({type(value).__name__})")
     return value
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 SMOKE = Profile(
@@ -187,6 +218,22 @@ DEFAULT = Profile(
     description="small pretrained backbones and real data from registry packages; CPU, no hub",
 )
 
+#: the paper's grids (base learning rates, scaled by batch/256 as in VPT's code). VPT's SGD grid
+#: also serves the settings that train like it (deep VPT) and the head-only ones (VPT searched the
+#: linear probe per task); projection transfer has one point (Adam, 0.005 at batch 64); attention
+#: transfer searches l_s first (``concentrated_grid``), then its Adam grid.
+_VPT_LRS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_DECAYS = (0.0, 1e-4, 1e-3, 1e-2)
+PAPER_SEARCH = (
+    ("linear", "sgd", _VPT_LRS, _DECAYS),
+    ("frozen", "sgd", _VPT_LRS, _DECAYS),
+    ("random", "sgd", _VPT_LRS, _DECAYS),
+    ("vpt", "sgd", _VPT_LRS, _DECAYS),
+    ("vpt_deep", "sgd", _VPT_LRS, _DECAYS),
+    ("projection", "adam", (0.02,), (1e-3,)),
+    ("attention", "adam", (1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0005), _DECAYS),
+)
+
 PAPER = Profile(
     name="paper",
     text_backbone="roberta-base",
@@ -207,7 +254,11 @@ PAPER = Profile(
     target_epochs=100,
     batch_size=64,
     seeds=(42, 44, 100),
-    description="RoBERTa-base, ViT-B/16 in21k, 13 NLP tasks, VTAB-1k; hub and GPU",
+    source_bank="su2022",
+    protocol="vtab",
+    search=PAPER_SEARCH,
+    concentrated_grid=tuple(range(100, 0, -10)),
+    description="RoBERTa-base, ViT-B/16 in21k, the 13 published source prompts, VTAB-1k; hub and GPU",
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (SMOKE, DEFAULT, PAPER)}

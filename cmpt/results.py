@@ -44,7 +44,7 @@ from cmpt.atomic import write_atomic
 from cmpt.errors import InputError
 from cmpt.records import _plain
 
-__all__ = ["RESULTS_ENV", "results_root", "CorruptRecordError", "ResultsStore", "RunConfig", "canonical_config", "config_hash", "sweep"]
+__all__ = ["RESULTS_ENV", "results_root", "CorruptRecordError", "ResultsStore", "RunConfig", "canonical_config", "config_hash", "run_missing"]
 
 #: What a configuration may be: a mapping of names to JSON-like values, or a dataclass.
 RunConfig = Union[Mapping[str, Any], Any]
@@ -74,7 +74,9 @@ def canonical_config(config: RunConfig) -> dict[str, Any]:
     A float equal to an integer becomes that integer, so values equal in Python (``1 == 1.0``)
     hash equal; booleans stay booleans.
     """
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+    if hasattr(config, "as_config"):
+        config = config.as_config()
+    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
         config = dataclasses.asdict(config)
     if not isinstance(config, Mapping):
         raise TypeError(f"a run configuration must be a mapping or a dataclass, got {type(config).__name__}")
@@ -388,7 +390,7 @@ def _frame(records: Iterable[dict[str, Any]], flatten: bool) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def sweep(store: ResultsStore, configs: Iterable[RunConfig], fn: Callable[[Any], Mapping[str, Any]],
+def run_missing(store: ResultsStore, configs: Iterable[RunConfig], fn: Callable[[Any], Mapping[str, Any]],
           desc: str = "runs", retries: int = 0, on_error: str = "raise", flatten: bool = True) -> pd.DataFrame:
     """Run every configuration not yet done, in order; the table of all of ``configs``.
 

@@ -1,9 +1,9 @@
 """Data scarcity: accuracy against training-set size, on fixed subsets, through the results store.
 
-The protocol (CoOp's, adapted; ``shared/docs/method.md`` leaves the counts open):
+The protocol (CoOp's, adapted; the CMPT paper does not publish its counts):
 
 - **subsets** of each target's train split: ``k`` examples per class (all of a class that has
-  fewer) and stratified fractions, drawn by :func:`cmpt.experiments.subset_indices` from one
+  fewer) and stratified fractions, drawn by :func:`cmpt.runner.subset_indices` from one
   permutation per class and seed — so for one seed the 1-shot set lies inside the 2-shot set,
   and so on up to the full split — and saved under the cache's ``splits/``;
 - the subset's seed is the run's seed: each seed draws another subset *and* another
@@ -29,9 +29,11 @@ import pandas as pd
 
 from cmpt.analysis import GROUP_ORDER, group_of
 from cmpt.data import IMAGE_TASKS, VTAB_TASKS, load_image_task
-from cmpt.experiments import results_store, setting_configs, subset_indices, target_sweep
+from cmpt.results import ResultsStore, config_hash
+from cmpt.run_config import TargetConfig, default_concentrated, setting_configs
+from cmpt.runner import subset_indices
+from cmpt.sweep import target_sweep
 from cmpt.profiles import Profile
-from cmpt.results import config_hash
 
 __all__ = ["CHOICES", "TRANSFER_SETTINGS", "choose_sources", "crossing_sentence", "crossings", "curves",
            "default_targets", "gain_over", "group_curves", "plan_runs", "run_scarcity", "subset_plan"]
@@ -42,21 +44,21 @@ CHOICES = {"none": "no source", "val": "source chosen on validation",
 _KEYS = ["target", "regime", "k", "fraction", "label", "n_train"]
 
 
-def _num_classes(name: str, cfg: Profile) -> int:
-    if name in IMAGE_TASKS and cfg.name != "paper":
+def _num_classes(name: str, profile: Profile) -> int:
+    if name in IMAGE_TASKS and profile.name != "paper":
         return len(IMAGE_TASKS[name].classes)
     return VTAB_TASKS[name].num_classes
 
 
-def default_targets(cfg: Profile) -> list[str]:
-    """One target per VTAB-style group of ``cfg.image_tasks``: the one with the fewest classes.
+def default_targets(profile: Profile) -> list[str]:
+    """One target per VTAB-style group of ``profile.image_tasks``: the one with the fewest classes.
 
     Fewest classes means the cheapest k-shot sets; ties go to the profile's order.
     """
     best: dict[str, str] = {}
-    for task in cfg.image_tasks:
+    for task in profile.image_tasks:
         group = group_of(task)
-        if group not in best or _num_classes(task, cfg) < _num_classes(best[group], cfg):
+        if group not in best or _num_classes(task, profile) < _num_classes(best[group], profile):
             best[group] = task
     return [best[g] for g in GROUP_ORDER if g in best]
 
@@ -80,7 +82,7 @@ def _subset_row(task: Any, regime: str, value: float, seed: int, indices: np.nda
             "indices": tuple(int(i) for i in np.sort(indices))}
 
 
-def subset_plan(cfg: Profile, targets: Sequence[str], shots: Iterable[int] = (), fractions: Iterable[float] = (),
+def subset_plan(profile: Profile, targets: Sequence[str], shots: Iterable[int] = (), fractions: Iterable[float] = (),
                 seeds: Sequence[int] | None = None) -> pd.DataFrame:
     """Every training set of the study: per target and seed, the k-shot and fraction subsets and the full split.
 
@@ -90,11 +92,11 @@ def subset_plan(cfg: Profile, targets: Sequence[str], shots: Iterable[int] = (),
     (pool indices), spec (the ``train_subset`` of the run, None for the full split).
     Subsets that would equal the full split are left out (the full run stands for them).
     """
-    seeds = list(seeds or cfg.seeds)
-    sizes = [cfg.n_train, cfg.n_val, cfg.n_test]
+    seeds = list(seeds or profile.seeds)
+    sizes = [profile.n_train, profile.n_val, profile.n_test]
     rows = []
     for name in targets:
-        task = load_image_task(name, cfg)
+        task = load_image_task(name, profile)
         train = np.asarray(task.splits["train"])
         for seed in seeds:
             rows.append({**_subset_row(task, "full", 1.0, seed, train, train), "spec": None})
@@ -143,12 +145,12 @@ def choose_sources(projection: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("target")
 
 
-def plan_runs(cfg: Profile, plan: pd.DataFrame, settings: Sequence[str], sources: pd.DataFrame | None = None,
+def plan_runs(profile: Profile, plan: pd.DataFrame, settings: Sequence[str], sources: pd.DataFrame | None = None,
               concentrated: int | None = None, scaled: bool = False,
-              choices: Sequence[str] = ("val", "oracle")) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+              choices: Sequence[str] = ("val", "oracle")) -> list[tuple[dict[str, Any], TargetConfig]]:
     """``(meta, config)`` for every setting x training set (x source ``choices`` for transfer settings).
 
-    Configs are the ones :func:`cmpt.experiments.setting_configs` makes (full-data ones are
+    Configs are the ones :func:`cmpt.run_config.setting_configs` makes (full-data ones are
     the earlier chapters' runs, so they are reused); attention transfer uses ``concentrated``
     (default: half the prompt, the attention chapter's first length). When both choices pick
     the same source the two rows share one config (it runs once).
@@ -159,7 +161,7 @@ def plan_runs(cfg: Profile, plan: pd.DataFrame, settings: Sequence[str], sources
         for setting in settings:
             extra: dict[str, Any] = {"train_subset": row.spec}
             if setting == "attention":
-                extra.update(concentrated=concentrated or max(1, cfg.prompt_length // 2), scaled=scaled)
+                extra.update(concentrated=concentrated or default_concentrated(profile), scaled=scaled)
             if setting in TRANSFER_SETTINGS:
                 if sources is None:
                     raise ValueError(f"setting {setting!r} needs the chosen sources")
@@ -167,12 +169,12 @@ def plan_runs(cfg: Profile, plan: pd.DataFrame, settings: Sequence[str], sources
             else:
                 picks = [("none", None)]
             for choice, source in picks:
-                config = setting_configs(cfg, setting, [row.target], [source], seeds=(int(row.seed),), **extra)[0]
+                config = setting_configs(profile, setting, [row.target], [source], seeds=(int(row.seed),), **extra)[0]
                 runs.append(({**meta, "setting": setting, "choice": choice, "source": source}, config))
     return runs
 
 
-def run_scarcity(cfg: Profile, runs: Sequence[tuple[dict[str, Any], dict[str, Any]]],
+def run_scarcity(profile: Profile, runs: Sequence[tuple[dict[str, Any], TargetConfig]],
                  prompts: Mapping[str, Any] | None = None, desc: str = "data scarcity") -> pd.DataFrame:
     """Run what the store lacks (resumable; shared configs run once) and return the tidy table.
 
@@ -180,8 +182,8 @@ def run_scarcity(cfg: Profile, runs: Sequence[tuple[dict[str, Any], dict[str, An
     k, fraction, label, n_train, seed), test_acc, val_acc and the run's hash.
     """
     unique = list({config_hash(c): c for _, c in runs}.values())
-    target_sweep(cfg, unique, prompts=dict(prompts or {}), desc=desc)
-    store = results_store(cfg)
+    target_sweep(profile, unique, prompts=dict(prompts or {}), desc=desc)
+    store = ResultsStore.for_profile(profile)
     rows = []
     for meta, config in runs:
         final = store.get(config)["final"]

@@ -5,7 +5,7 @@ A sweep is a list of run configurations and a *run function* ``fn(config) -> {"f
 finished record through an *executor*:
 
 ``local``
-    in this process, one after the other: :func:`cmpt.results.sweep`. The book's default.
+    in this process, one after the other: :func:`cmpt.results.run_missing`. The book's default.
 ``ray``
     one Ray task per run, each with its own CPU/GPU request, on a cluster that
     ``ray.init(address=...)`` reaches (or a private Ray instance on this machine).
@@ -32,7 +32,7 @@ sweeps run one configuration at once, each writes a whole record and the last re
 What a Ray worker receives must be picklable and small. For the target-side grid that is a
 :class:`TargetJob`: the profile, the store's path, the paths of the source-prompt files (the
 bank's own files, see :func:`prompt_files`) and the reference norm. A worker process rebuilds a
-:class:`~cmpt.experiments.TargetRunner` from it once and keeps it (backbone and embedded
+:class:`~cmpt.runner.TargetRunner` from it once and keeps it (backbone and embedded
 targets) for every later task it is given.
 
 Ray is an optional extra (``pip install -r requirements-ray.txt``), imported only by the ray
@@ -61,20 +61,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from cmpt.experiments import TargetRunner, reference_norm, source_config
-from cmpt.errors import CmptError
+from cmpt.errors import CmptError, InputError
 from cmpt.profiles import Profile
 from cmpt.prompts import Prompt, load_prompt, save_prompt
-from cmpt.results import ResultsStore, RunConfig, config_hash, sweep
+from cmpt.results import ResultsStore, RunConfig, config_hash, run_missing
+from cmpt.run_config import SourceConfig, TargetConfig
+from cmpt.runner import TargetRunner, reference_norm
 
-__all__ = ["EXECUTORS", "RAY_INSTALL_HINT", "SOURCE_SETTINGS", "SweepError", "SweepReport", "TargetJob",
-           "connect_ray", "prompt_files", "require_ray", "run_sweep", "target_job"]
+__all__ = ["EXECUTORS", "RAY_INSTALL_HINT", "SweepError", "SweepReport", "TargetJob", "connect_ray",
+           "prompt_files", "require_ray", "run_sweep", "target_job", "target_sweep"]
 
 EXECUTORS = ("local", "ray")
 RAY_INSTALL_HINT = "pip install -r requirements-ray.txt"
-#: the settings whose runs start from a source prompt (one run per source); the others of
-#: :data:`~cmpt.transfer.SETTINGS` take none
-SOURCE_SETTINGS: tuple[str, ...] = ("frozen", "projection", "attention")
 
 
 class SweepError(CmptError):
@@ -102,7 +100,7 @@ def run_sweep(store: ResultsStore, configs: Iterable[RunConfig], fn: Callable[[A
               num_gpus: float = 0) -> pd.DataFrame:
     """Run every configuration without a finished record; the table of all of ``configs``.
 
-    ``executor="local"`` is :func:`cmpt.results.sweep` (``on_error="raise"`` stops at the first
+    ``executor="local"`` is :func:`cmpt.results.run_missing` (``on_error="raise"`` stops at the first
     run that still fails). ``executor="ray"`` submits one task per missing run, each asking for
     ``num_cpus`` CPUs and ``num_gpus`` GPUs, to the cluster at ``address`` (see
     :func:`connect_ray`); ``fn`` must then be picklable (e.g. a :class:`TargetJob`). There a
@@ -111,11 +109,11 @@ def run_sweep(store: ResultsStore, configs: Iterable[RunConfig], fn: Callable[[A
     :class:`SweepReport`.
     """
     if executor not in EXECUTORS:
-        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+        raise InputError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if on_error not in ("raise", "continue"):
-        raise ValueError(f"on_error must be 'raise' or 'continue', got {on_error!r}")
+        raise InputError(f"on_error must be 'raise' or 'continue', got {on_error!r}")
     if retries < 0:
-        raise ValueError(f"retries must be >= 0, got {retries}")
+        raise InputError(f"retries must be >= 0, got {retries}")
     configs = list(configs)
     unique: dict[str, RunConfig] = {}
     for config in configs:
@@ -123,7 +121,7 @@ def run_sweep(store: ResultsStore, configs: Iterable[RunConfig], fn: Callable[[A
     todo = {h: c for h, c in unique.items() if not store.has(c)}
     report = SweepReport(executor, total=len(unique), skipped=len(unique) - len(todo))
     if executor == "local":
-        table = sweep(store, configs, fn, desc=desc, retries=retries, on_error=on_error, flatten=flatten)
+        table = run_missing(store, configs, fn, desc=desc, retries=retries, on_error=on_error, flatten=flatten)
         report.failed = [h for h, c in todo.items() if not store.has(c)]
     else:
         report.failed = _ray_sweep(store, todo, fn, desc, retries, address, num_cpus, num_gpus, report.skipped)
@@ -266,21 +264,21 @@ def _worker_runner(job: TargetJob) -> TargetRunner:
     return runner
 
 
-def prompt_files(cfg: Profile, store: ResultsStore, prompts: Mapping[str, Prompt]) -> dict[str, Path]:
+def prompt_files(profile: Profile, store: ResultsStore, prompts: Mapping[str, Prompt]) -> dict[str, Path]:
     """A file on disk holding each of ``prompts``, for workers to load.
 
-    A prompt of the source bank of ``cfg`` (any of its seeds) is its own bank file; any other
-    prompt is saved once under ``prompts/staged/``, named by its content.
+    A prompt of the source bank of ``profile`` (any of its seeds) is its own bank file; any other
+    prompt is staged once (:meth:`~cmpt.results.ResultsStore.staged_prompt_path`), named by its content.
     """
     out = {}
     for name, prompt in prompts.items():
-        out[name] = _bank_file(cfg, store, name, prompt) or _staged_file(store, name, prompt)
+        out[name] = _bank_file(profile, store, name, prompt) or _staged_file(store, name, prompt)
     return out
 
 
-def _bank_file(cfg: Profile, store: ResultsStore, name: str, prompt: Prompt) -> Path | None:
-    for seed in cfg.seeds:
-        record = store.get(source_config(cfg, name, seed))
+def _bank_file(profile: Profile, store: ResultsStore, name: str, prompt: Prompt) -> Path | None:
+    for seed in profile.seeds:
+        record = store.get(SourceConfig.of(profile, name, seed))
         if record is None or record["status"] != "done":
             continue
         path = store.resolve(record["final"]["prompt_file"]).resolve()
@@ -299,9 +297,28 @@ def _staged_file(store: ResultsStore, name: str, prompt: Prompt) -> Path:
     return path
 
 
-def target_job(cfg: Profile, store: ResultsStore, prompts: Mapping[str, Prompt],
+def target_job(profile: Profile, store: ResultsStore, prompts: Mapping[str, Prompt],
                save_models: bool = True) -> TargetJob:
-    """The :class:`TargetJob` that runs target configs of ``cfg`` into ``store`` with ``prompts``."""
-    files = prompt_files(cfg, store, prompts)
-    return TargetJob(cfg, str(store.root.resolve()), tuple((name, str(path)) for name, path in files.items()),
+    """The :class:`TargetJob` that runs target configs of ``profile`` into ``store`` with ``prompts``."""
+    files = prompt_files(profile, store, prompts)
+    return TargetJob(profile, str(store.root.resolve()), tuple((name, str(path)) for name, path in files.items()),
                      reference_norm(prompts), save_models)
+
+
+def target_sweep(profile: Profile, configs: Iterable[TargetConfig], prompts: Mapping[str, Prompt] | None = None,
+                 desc: str = "target runs", save_models: bool = True, executor: str = "local",
+                 store: ResultsStore | None = None, **options: Any) -> pd.DataFrame:
+    """Run every missing config of ``profile`` (loading backbone and targets lazily) and return their table.
+
+    With ``save_models`` each new run's trained prompt and head are kept in the store.
+    ``executor`` is ``"local"`` (in this process) or ``"ray"`` (one Ray task per run);
+    ``options`` (``retries``, ``on_error``, ``address``, ``num_cpus``, ``num_gpus``) go to
+    :func:`run_sweep`. ``store`` defaults to the profile's (:meth:`ResultsStore.for_profile`).
+    The table's ``attrs["sweep"]`` counts what ran.
+    """
+    store = store or ResultsStore.for_profile(profile)
+    if executor == "local":
+        fn: Any = TargetRunner(profile, store, prompts, save_models=save_models)
+    else:
+        fn = target_job(profile, store, prompts or {}, save_models=save_models)
+    return run_sweep(store, configs, fn, executor=executor, desc=desc, **options)

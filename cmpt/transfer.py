@@ -27,10 +27,15 @@ import torch
 from torch import nn
 
 from cmpt.backbones.vision import PromptedViT
+from cmpt.errors import InputError, check_names
 from cmpt.prompts import check_width
 
 __all__ = [
+    "HEAD_ONLY",
+    "SAME_WIDTH_SETTINGS",
     "SETTINGS",
+    "SOURCE_SETTINGS",
+    "accepts_width",
     "AttentionPrompt",
     "FixedPrompt",
     "LearnedPrompt",
@@ -43,7 +48,12 @@ __all__ = [
 ]
 
 SETTINGS = ("linear", "vpt", "vpt_deep", "frozen", "random", "projection", "attention")
+#: settings that train only the head (on cached features)
 HEAD_ONLY = ("linear", "frozen", "random")
+#: settings that start from a source prompt (one run per source)
+SOURCE_SETTINGS = ("frozen", "projection", "attention")
+#: settings that insert the source prompt as it is, so its width must be the backbone's
+SAME_WIDTH_SETTINGS = ("frozen",)
 
 
 class PromptSource(nn.Module):
@@ -91,13 +101,13 @@ class FixedPrompt(PromptSource):
 class ProjectedPrompt(PromptSource):
     """Projection transfer: one ``Linear(d_src, d_tgt)`` with bias, applied token-wise."""
 
-    def __init__(self, source: torch.Tensor, width: int) -> None:
+    def __init__(self, source_prompt: torch.Tensor, width: int) -> None:
         super().__init__()
-        self.register_buffer("source", source.detach().clone().float())
-        self.proj = nn.Linear(source.shape[-1], width)
+        self.register_buffer("source_prompt", source_prompt.detach().clone().float())
+        self.proj = nn.Linear(source_prompt.shape[-1], width)
 
     def forward(self) -> dict[str, torch.Tensor]:
-        return {"prompt": self.proj(self.source)}
+        return {"prompt": self.proj(self.source_prompt)}
 
 
 class AttentionPrompt(PromptSource):
@@ -109,24 +119,24 @@ class AttentionPrompt(PromptSource):
     hence ``scaled=False`` by default.
     """
 
-    def __init__(self, source: torch.Tensor, width: int, length: int, concentrated: int, patch_size: int,
+    def __init__(self, source_prompt: torch.Tensor, width: int, length: int, concentrated: int, patch_size: int,
                  scaled: bool = False) -> None:
         super().__init__()
         if not 0 < concentrated <= length:
-            raise ValueError(f"concentrated length l_s must be in 1..{length}, got {concentrated}")
-        self.register_buffer("source", source.detach().clone().float())
+            raise InputError(f"concentrated length l_s must be in 1..{length}, got {concentrated}")
+        self.register_buffer("source_prompt", source_prompt.detach().clone().float())
         self.queries = nn.Parameter(torch.randn(concentrated, width))
-        self.key = nn.Linear(source.shape[-1], width)
-        self.value = nn.Linear(source.shape[-1], width)
+        self.key = nn.Linear(source_prompt.shape[-1], width)
+        self.value = nn.Linear(source_prompt.shape[-1], width)
         self.target = nn.Parameter(vpt_init_(torch.empty(length - concentrated, width), patch_size))
         self.scale = 1.0 / math.sqrt(width) if scaled else 1.0
 
     def attention(self) -> torch.Tensor:
         """Query-to-source-token weights ``[l_s, L_src]`` (rows sum to 1)."""
-        return torch.softmax(self.queries @ self.key(self.source).T * self.scale, dim=-1)
+        return torch.softmax(self.queries @ self.key(self.source_prompt).T * self.scale, dim=-1)
 
     def forward(self) -> dict[str, torch.Tensor]:
-        mixed = self.attention() @ self.value(self.source)
+        mixed = self.attention() @ self.value(self.source_prompt)
         return {"prompt": torch.cat([mixed, self.target], dim=0)}
 
 
@@ -140,15 +150,15 @@ def random_reference_prompt(length: int, width: int, norm: float, seed: int) -> 
 class PromptedClassifier(nn.Module):
     """Frozen backbone + prompt source + linear head. Inputs are images or embedded tokens."""
 
-    def __init__(self, backbone: PromptedViT, source: PromptSource, num_classes: int) -> None:
+    def __init__(self, backbone: PromptedViT, prompt_source: PromptSource, num_classes: int) -> None:
         super().__init__()
         self.backbone = backbone
-        self.source = source
+        self.prompt_source = prompt_source
         self.head = nn.Linear(backbone.width, num_classes)
 
     def features(self, inputs: torch.Tensor) -> torch.Tensor:
         """CLS features; ``inputs`` are images ``[B,3,H,W]`` or :meth:`PromptedViT.embed` tokens."""
-        kwargs = self.source()
+        kwargs = self.prompt_source()
         if inputs.dim() == 3:
             return self.backbone(None, tokens=inputs, **kwargs)  # type: ignore[arg-type]
         return self.backbone(inputs, **kwargs)
@@ -157,24 +167,28 @@ class PromptedClassifier(nn.Module):
         return self.head(self.features(inputs))
 
 
-def make_prompt_source(setting: str, backbone: PromptedViT, length: int, source: torch.Tensor | None = None,
+def accepts_width(setting: str, source_width: int, target_width: int) -> bool:
+    """Whether ``setting`` can carry a source prompt of ``source_width`` into a backbone of ``target_width``."""
+    return setting not in SAME_WIDTH_SETTINGS or source_width == target_width
+
+
+def make_prompt_source(setting: str, backbone: PromptedViT, length: int, source_prompt: torch.Tensor | None = None,
                        concentrated: int | None = None, scaled: bool = False,
                        reference_norm: float = 1.0, seed: int = 0) -> PromptSource:
-    """Build the prompt side of ``setting`` for ``backbone``; the source prompt where one is used."""
+    """Build the prompt side of ``setting`` for ``backbone``, from ``source_prompt`` where the setting uses one."""
     patch = int(backbone.vit.patch_embed.patch_size[0])
-    if setting not in SETTINGS:
-        raise ValueError(f"unknown setting {setting!r}; valid: {', '.join(SETTINGS)}")
+    check_names("setting", setting, SETTINGS)
     if setting == "linear":
         return NoPrompt()
     if setting in ("vpt", "vpt_deep"):
         return LearnedPrompt(length, backbone.width, patch, depth=backbone.depth if setting == "vpt_deep" else 0)
     if setting == "random":
         return FixedPrompt(random_reference_prompt(length, backbone.width, reference_norm, seed))
-    if source is None:
-        raise ValueError(f"setting {setting!r} needs a source prompt")
+    if source_prompt is None:
+        raise InputError(f"setting {setting!r} needs a source prompt")
     if setting == "frozen":
-        check_width(source, backbone.width, backbone.name)
-        return FixedPrompt(source)
+        check_width(source_prompt, backbone.width, backbone.name)
+        return FixedPrompt(source_prompt)
     if setting == "projection":
-        return ProjectedPrompt(source, backbone.width)
-    return AttentionPrompt(source, backbone.width, length, concentrated or length, patch, scaled=scaled)
+        return ProjectedPrompt(source_prompt, backbone.width)
+    return AttentionPrompt(source_prompt, backbone.width, length, concentrated or length, patch, scaled=scaled)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cmpt.attention_maps import (cls_patch_attention, prompt_mass, query_attention, reapply_error, record_maps,
-                                 rollout, rollout_cls_patches, trained_classifiers)
+                                 rollout, rollout_cls_patches)
 from cmpt.backbones import load_vision_backbone
 from cmpt.profiles import get_profile
 from cmpt.transfer import PromptedClassifier, make_prompt_source
@@ -18,7 +18,7 @@ def _model(setting: str, layout: str) -> PromptedClassifier:
     vit = load_vision_backbone("tiny-vit", 32, layout=layout)
     torch.manual_seed(0)
     source = torch.randn(L, 32) * 3
-    return PromptedClassifier(vit, make_prompt_source(setting, vit, L, source=source, concentrated=2), 3)
+    return PromptedClassifier(vit, make_prompt_source(setting, vit, L, source_prompt=source, concentrated=2), 3)
 
 
 def _images(n: int = 3) -> torch.Tensor:
@@ -74,22 +74,26 @@ def test_query_attention_from_the_model_and_from_a_record():
 
 
 def test_trained_models_come_back_from_the_store_with_their_accuracy(tmp_path, monkeypatch):
-    from cmpt.experiments import prepare_target, results_store, setting_configs, target_sweep
+    from cmpt.experiments import trained_models
+    from cmpt.results import ResultsStore
+    from cmpt.run_config import setting_configs
+    from cmpt.runner import TargetRunner
+    from cmpt.sweep import target_sweep
     from cmpt.train import evaluate
 
     monkeypatch.setenv("CMPT_RESULTS", str(tmp_path))
     configs = setting_configs(SMOKE, "linear", ["clevr_count"]) + setting_configs(SMOKE, "vpt", ["clevr_count"])
     target_sweep(SMOKE, configs)
-    store = results_store(SMOKE)
-    backbone = load_vision_backbone(SMOKE.vision_backbone, SMOKE.image_size)
-    data = {"clevr_count": prepare_target("clevr_count", SMOKE, backbone)}
-    loaded = trained_classifiers(SMOKE, configs, backbone=backbone, data=data)
+    store = ResultsStore.for_profile(SMOKE)
+    runner = TargetRunner(SMOKE, store)
+    data = runner.target("clevr_count")
+    loaded = trained_models(SMOKE, configs, runner=runner)
     assert [run.trained_here for run in loaded] == [False, False]
     for run in loaded:
-        acc = evaluate(run.model, data["clevr_count"].split("test"))["acc"]
+        acc = evaluate(run.model, data.split("test"))["acc"]
         assert acc == pytest.approx(store.get(run.config)["final"]["test_acc"], abs=1e-9)
     store.model_path(configs[1]).unlink()  # a run stored before models were kept: trained again
-    (again,) = trained_classifiers(SMOKE, configs[1:], backbone=backbone, data=data)
+    (again,) = trained_models(SMOKE, configs[1:], runner=runner)
     assert again.trained_here and store.model_path(configs[1]).exists()
     final = again.record["final"]
     assert final["retrained_test_acc"] == pytest.approx(final["test_acc"], abs=1e-9)

@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from cmpt.experiments import (prepare_target, results_store, run_target, source_bank, source_config,
-                              target_config, target_sweep)
 from cmpt.backbones import load_vision_backbone
+from cmpt.experiments import source_bank
+from cmpt.run_config import SourceConfig, TargetConfig
+from cmpt.runner import prepare_target, run_target
+from cmpt.sweep import target_sweep
 from cmpt.profiles import get_profile
 from cmpt.results import ResultsStore
 
@@ -24,8 +26,8 @@ def test_source_bank_trains_once_and_beats_chance(results):
     for task, prompt in bank.items():
         assert (prompt.length, prompt.width) == (SMOKE.prompt_length, 32)
         assert prompt.task == task and prompt.training["selection"] == "val"
-    store = results_store(SMOKE)
-    keywords = store.get(source_config(SMOKE, "keywords", SMOKE.seeds[0]))["final"]
+    store = ResultsStore.for_profile(SMOKE)
+    keywords = store.get(SourceConfig.of(SMOKE, "keywords", SMOKE.seeds[0]))["final"]
     assert keywords["test_acc"] > 0.6  # binary task, chance 0.5
     again = source_bank(SMOKE)  # read back from the store, not retrained
     assert all(torch.equal(again[t].tensor, bank[t].tensor) for t in bank)
@@ -35,7 +37,7 @@ def test_cached_head_only_training_equals_training_behind_the_backbone(results):
     backbone = load_vision_backbone(SMOKE.vision_backbone, SMOKE.image_size)
     data = prepare_target("dsprites_loc", SMOKE, backbone)
     source = type("P", (), {"tensor": torch.randn(SMOKE.prompt_length, 32)})()
-    config = target_config(SMOKE, "frozen", "dsprites_loc", seed=3, source="x", lr=0.05)
+    config = TargetConfig.of(SMOKE, "frozen", "dsprites_loc", seed=3, source="x", lr=0.05)
     cached = run_target(config, backbone, data, source, cache_features=True)
     direct = run_target(config, backbone, data, source, cache_features=False)
     assert cached["final"]["test_acc"] == pytest.approx(direct["final"]["test_acc"], abs=1e-6)
@@ -44,21 +46,60 @@ def test_cached_head_only_training_equals_training_behind_the_backbone(results):
 
 
 def test_interrupted_target_sweep_resumes_without_redoing_runs(results, monkeypatch):
-    import cmpt.experiments as experiments
+    import cmpt.runner as runner
 
-    configs = [target_config(SMOKE, "linear", t, seed=s) for t in SMOKE.image_tasks for s in (1, 2)]
+    configs = [TargetConfig.of(SMOKE, "linear", t, seed=s) for t in SMOKE.image_tasks for s in (1, 2)]
     calls = []
-    real = experiments.run_target
+    real = runner.run_target
 
     def flaky(config, *args, **kwargs):
-        calls.append(config["target"] + str(config["seed"]))
+        calls.append(config.target + str(config.seed))
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real(config, *args, **kwargs)
 
-    monkeypatch.setattr(experiments, "run_target", flaky)
+    monkeypatch.setattr(runner, "run_target", flaky)
     with pytest.raises(KeyboardInterrupt):
         target_sweep(SMOKE, configs)
     assert len(ResultsStore(results / "smoke").records()) == 2
     table = target_sweep(SMOKE, configs)
     assert len(table) == 4 and len(calls) == 3 + 2  # only the two missing runs ran again
+
+
+def test_target_vpt_prompts_are_the_baselines_best_vpt_runs(results):
+    from cmpt.experiments import target_vpt_prompts, trained_models
+    from cmpt.run_config import setting_configs
+
+    profile = SMOKE.replace(seeds=(42, 44))
+    chosen = target_vpt_prompts(profile, ["clevr_count"])
+    runs = chosen.runs
+    assert len(runs) == 2 and runs["chosen"].sum() == 1
+    best = runs.loc[runs["val_acc"].idxmax()]
+    assert runs.loc[runs["chosen"], "seed"].item() == best.seed
+    config = next(c for c in setting_configs(profile, "vpt", ["clevr_count"]) if c.seed == best.seed)
+    (run,) = trained_models(profile, [config])
+    assert torch.equal(chosen.prompts["clevr_count"].tensor, run.model.prompt_source()["prompt"])
+    assert chosen.seconds == pytest.approx(runs["wall_time_s"].sum())
+
+
+def test_target_config_hash_is_that_of_the_dict_it_replaced():
+    from cmpt.results import config_hash
+
+    config = TargetConfig.of(SMOKE, "attention", "clevr_count", seed=42, source="keywords", lr=0.02,
+                             concentrated=2)
+    legacy = {"kind": "target", "setting": "attention", "target": "clevr_count", "source": "keywords", "seed": 42,
+              "vision_backbone": SMOKE.vision_backbone, "text_backbone": SMOKE.text_backbone,
+              "image_size": SMOKE.image_size, "layout": SMOKE.prompt_layout, "length": SMOKE.prompt_length,
+              "sizes": [SMOKE.n_train, SMOKE.n_val, SMOKE.n_test], "epochs": SMOKE.target_epochs,
+              "batch_size": SMOKE.batch_size, "optimizer": "adam", "lr": 0.02, "weight_decay": 0.0,
+              "concentrated": 2, "scaled": False, "selection": SMOKE.selection, "source_epochs": SMOKE.source_epochs}
+    assert config_hash(config) == config_hash(legacy)
+    subset = config.replace(train_subset={"kind": "kshot", "k": 2, "seed": 42})
+    assert config_hash(subset) == config_hash({**legacy, "train_subset": {"kind": "kshot", "k": 2, "seed": 42}})
+    assert config_hash(config.replace(stage="final")) != config_hash(legacy)
+    source = SourceConfig.of(SMOKE, "keywords", 42)
+    assert config_hash(source) == config_hash({
+        "kind": "source_prompt", "text_backbone": SMOKE.text_backbone, "readout": SMOKE.text_readout,
+        "task": "keywords", "length": SMOKE.prompt_length, "epochs": SMOKE.source_epochs, "lr": SMOKE.source_lr,
+        "batch_size": SMOKE.source_batch_size, "max_length": SMOKE.text_max_length,
+        "sizes": [SMOKE.text_train, SMOKE.text_val, SMOKE.text_test], "seed": 42})

@@ -164,24 +164,3 @@ def test_threshold_analysis_counts_pairs_below_random():
     out = threshold_analysis(pairs, threshold=0.5)
     assert out["pairs_above"] == 2 and out["share_below_random_above"] == 0.5
     assert out["share_below_random_below"] == 0.0 and out["slope"] < 0
-
-
-def test_target_prompt_training_matches_the_baselines_vpt_run(tiny_vit):
-    from types import SimpleNamespace
-
-    from cmpt import get_profile
-    from cmpt.experiments import TargetData, run_target, setting_configs
-    from cmpt.gaps import target_prompt_config, train_target_prompt
-
-    cfg = get_profile("smoke", target_epochs=2)
-    gen = torch.Generator().manual_seed(0)
-    tokens = {s: tiny_vit.embed(torch.randn(8, 3, 32, 32, generator=gen)) for s in ("train", "val", "test")}
-    labels = {s: torch.randint(0, 2, (8,), generator=gen) for s in ("train", "val", "test")}
-    data = TargetData(SimpleNamespace(num_classes=2), tokens, labels)  # type: ignore[arg-type]
-    config = target_prompt_config(cfg, "dsprites_loc", 42)
-    prompt, result = train_target_prompt(config, tiny_vit, data, device="cpu")
-    assert prompt.shape == (cfg.prompt_length, tiny_vit.width)
-    baseline = run_target(setting_configs(cfg, "vpt", ["dsprites_loc"])[0], tiny_vit, data, None, device="cpu")
-    assert config["kind"] == "target_prompt"
-    assert result.final["train_loss"] == pytest.approx(baseline["final"]["train_loss"])
-    assert result.final["test_acc"] == baseline["final"]["test_acc"]

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from cmpt.results import CorruptRecordError, ResultsStore, canonical_config, config_hash, sweep
+from cmpt.results import CorruptRecordError, ResultsStore, canonical_config, config_hash, run_missing
 
 
 def _configs(n: int) -> list[dict]:
@@ -65,18 +65,18 @@ def test_interrupted_sweep_keeps_finished_runs_and_resumes(tmp_path):
         return _ok(config)
 
     with pytest.raises(KeyboardInterrupt):
-        sweep(store, configs, interrupted)
+        run_missing(store, configs, interrupted)
     assert calls == ["t0", "t1", "t2"]
     assert [store.has(c) for c in configs] == [True, True, False, False, False]
     assert store.get(configs[2]) is None  # an interrupt is not a failure: the run is just missing
 
     calls.clear()
-    table = sweep(store, configs, lambda c: (calls.append(c["target"]), _ok(c))[1])
+    table = run_missing(store, configs, lambda c: (calls.append(c["target"]), _ok(c))[1])
     assert calls == ["t2", "t3", "t4"]
     assert list(table["target"]) == ["t0", "t1", "t2", "t3", "t4"]
 
     calls.clear()
-    sweep(store, configs, lambda c: (calls.append(c["target"]), _ok(c))[1])
+    run_missing(store, configs, lambda c: (calls.append(c["target"]), _ok(c))[1])
     assert calls == []
 
 
@@ -120,7 +120,7 @@ def test_sweep_can_continue_past_failures(tmp_path):
         return _ok(cfg)
 
     with pytest.warns(UserWarning, match="bad target"):
-        table = sweep(store, _configs(3), half, on_error="continue")
+        table = run_missing(store, _configs(3), half, on_error="continue")
     assert list(table["target"]) == ["t0", "t2"]
     assert [r["status"] for r in store.records()].count("failed") == 1
 

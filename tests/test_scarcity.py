@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from cmpt.data import load_image_task
-from cmpt.experiments import subset_indices
+from cmpt.runner import subset_indices
 from cmpt.profiles import get_profile
 from cmpt.results import ResultsStore
 from cmpt.scarcity import (choose_sources, crossing_sentence, crossings, default_targets, gain_over, plan_runs,
@@ -47,7 +47,7 @@ def test_kshot_subsets_are_stratified_nested_and_skip_the_full_set():
 SUBSETS_SCRIPT = """
 import json, sys
 from cmpt.data import load_image_task
-from cmpt.experiments import subset_indices
+from cmpt.runner import subset_indices
 from cmpt.profiles import get_profile
 
 cfg = get_profile("smoke")
@@ -76,14 +76,14 @@ def test_subsets_are_the_same_in_another_process(tmp_path):
 
 
 def test_interrupted_scarcity_sweep_resumes_without_redoing_runs(tmp_path, monkeypatch):
-    import cmpt.experiments as experiments
+    import cmpt.runner as runner
 
     monkeypatch.setenv("CMPT_RESULTS", str(tmp_path))
     plan = subset_plan(SMOKE, ["clevr_count"], shots=[1, 2])
     runs = plan_runs(SMOKE, plan, ["linear", "vpt"])
     assert len(runs) == 6  # (1-shot, 2-shot, full) x (linear, vpt)
     calls = []
-    real = experiments.run_target
+    real = runner.run_target
 
     def flaky(config, *args, **kwargs):
         calls.append(config)
@@ -91,7 +91,7 @@ def test_interrupted_scarcity_sweep_resumes_without_redoing_runs(tmp_path, monke
             raise KeyboardInterrupt
         return real(config, *args, **kwargs)
 
-    monkeypatch.setattr(experiments, "run_target", flaky)
+    monkeypatch.setattr(runner, "run_target", flaky)
     with pytest.raises(KeyboardInterrupt):
         run_scarcity(SMOKE, runs)
     assert len(ResultsStore(tmp_path / "smoke").records()) == 3
@@ -104,7 +104,7 @@ def test_interrupted_scarcity_sweep_resumes_without_redoing_runs(tmp_path, monke
     assert record["config"]["train_subset"] == {"kind": "kshot", "k": 1, "seed": 42}
     assert record["final"]["n_train"] == 8
     full = [c for m, c in runs if m["regime"] == "full"]
-    assert all("train_subset" not in c for c in full)  # full-data configs keep their old keys (and hashes)
+    assert all("train_subset" not in c.as_config() for c in full)  # full-data configs keep their old keys (and hashes)
 
 
 def test_source_choice_by_validation_and_by_test():

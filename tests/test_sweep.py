@@ -23,7 +23,10 @@ import pytest
 import torch
 
 from cmpt.cli import main
-from cmpt.experiments import results_store, setting_configs, source_bank, target_sweep
+from cmpt.experiments import source_bank
+from cmpt.results import ResultsStore
+from cmpt.run_config import setting_configs
+from cmpt.sweep import target_sweep
 from cmpt.profiles import get_profile
 from cmpt.results import ResultsStore, config_hash
 from cmpt.sweep import SweepError, run_sweep, target_job
@@ -198,7 +201,39 @@ def test_cli_sweep_runs_the_grid_once(tmp_path, capsys):
     assert third.returncode == 0, third.stderr[-3000:]
     assert "4 runs: 1 ran, 3 already done, 0 failed" in third.stdout
     assert main(command[3:-5] + ["--settings", "nope"]) == 2
-    assert "unknown setting(s) nope" in capsys.readouterr().err
+    assert "unknown setting 'nope'; valid: linear" in capsys.readouterr().err
+
+
+def test_cli_checks_every_name_before_any_work_and_says_it_in_one_line(tmp_path, capsys):
+    base = ["sweep", "--profile", "default", "--results", str(tmp_path)]
+    for extra, expected in ((["--targets", "no_such_task"], "unknown target task 'no_such_task'; valid: animals"),
+                            (["--sources", "nope"], "unknown source 'nope'; valid: rotten_tomatoes"),
+                            (["-p", "image_size", "big"], "image_size must be int"),
+                            (["-p", "colour", "1"], "unknown profile parameter(s) colour")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1, err
+    assert not list(tmp_path.iterdir())  # nothing fetched, trained or written
+
+
+def test_cli_reports_a_corrupt_record_in_one_line(tmp_path, capsys):
+    store = ResultsStore(tmp_path / "smoke")
+    config = setting_configs(SMOKE, "linear", ["dsprites_loc"])[0]
+    store.path(config).write_text("{not json")
+    args = ["sweep", "--profile", "smoke", "--results", str(tmp_path), "--settings", "linear", "--targets",
+            "dsprites_loc"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(store.path(config)) in err and "Delete this file" in err
+
+
+def test_cli_plan_prints_search_and_final_runs_and_runs_nothing(tmp_path, capsys):
+    assert main(["sweep", "--profile", "paper", "--plan", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "grid search on train800" in out and "GPU hours" in out
+    vpt = next(line for line in out.splitlines() if line.startswith("vpt "))
+    assert vpt.split()[1:3] == ["684", "57"]  # 19 targets x 36 grid points; 19 x 3 seeds
+    assert not list(tmp_path.iterdir())
 
 
 # ----------------------------------------------------------------------------- a lost worker
@@ -219,7 +254,7 @@ def test_ray_sweep_loses_nothing_to_a_killed_worker_and_matches_local(tmp_path, 
     monkeypatch.setenv("CMPT_RESULTS", str(tmp_path / "local"))
     bank = source_bank(SMOKE)
     configs += [c for s in ("projection", "attention") for c in setting_configs(SMOKE, s, SMOKE.image_tasks, list(bank))]
-    local = results_store(SMOKE)
+    local = ResultsStore.for_profile(SMOKE)
     target_sweep(SMOKE, configs, prompts=bank)
 
     store, log = ResultsStore(tmp_path / "ray" / "smoke"), tmp_path / "log"

@@ -17,19 +17,19 @@ def vit():
 def _model(vit, setting, source_width=32, length=4):
     torch.manual_seed(0)
     source = torch.randn(length, source_width)
-    src = make_prompt_source(setting, vit, length, source=source, concentrated=2, reference_norm=3.0)
+    src = make_prompt_source(setting, vit, length, source_prompt=source, concentrated=2, reference_norm=3.0)
     return PromptedClassifier(vit, src, num_classes=3)
 
 
 EXPECTED_TRAINABLE = {
     "linear": {"head.weight", "head.bias"},
-    "vpt": {"head.weight", "head.bias", "source.prompt"},
-    "vpt_deep": {"head.weight", "head.bias", "source.prompt"},
+    "vpt": {"head.weight", "head.bias", "prompt_source.prompt"},
+    "vpt_deep": {"head.weight", "head.bias", "prompt_source.prompt"},
     "frozen": {"head.weight", "head.bias"},
     "random": {"head.weight", "head.bias"},
-    "projection": {"head.weight", "head.bias", "source.proj.weight", "source.proj.bias"},
-    "attention": {"head.weight", "head.bias", "source.queries", "source.key.weight", "source.key.bias",
-                  "source.value.weight", "source.value.bias", "source.target"},
+    "projection": {"head.weight", "head.bias", "prompt_source.proj.weight", "prompt_source.proj.bias"},
+    "attention": {"head.weight", "head.bias", "prompt_source.queries", "prompt_source.key.weight", "prompt_source.key.bias",
+                  "prompt_source.value.weight", "prompt_source.value.bias", "prompt_source.target"},
 }
 
 
@@ -48,9 +48,9 @@ def test_trainable_parameters_are_exactly_the_settings(vit, setting):
 
 def test_deep_prompt_has_one_slice_per_block(vit):
     model = _model(vit, "vpt_deep")
-    assert model.source.prompt.shape == (vit.depth, 4, 32)
+    assert model.prompt_source.prompt.shape == (vit.depth, 4, 32)
     bound = (6 / (3 * 8 * 8 + 32)) ** 0.5  # VPT's xavier-uniform bound for patch 8, width 32
-    assert model.source.prompt.abs().max() <= bound
+    assert model.prompt_source.prompt.abs().max() <= bound
 
 
 def test_frozen_transfer_refuses_a_width_mismatch(vit):

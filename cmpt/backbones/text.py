@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from cmpt.assets import AssetError, package_tree
+from cmpt.errors import check_names
 from cmpt.backbones.vision_zoo import split_location
 
-__all__ = ["READOUTS", "TEXT_BACKBONES", "TINY_WORDS", "PromptedTextEncoder", "load_text_backbone"]
+__all__ = ["READOUTS", "TEXT_BACKBONES", "TEXT_SHAPES", "TINY_WORDS", "PromptedTextEncoder", "load_text_backbone"]
 
 READOUTS = ("first_token", "mean", "mask")
 #: the word list of the tiny random backbone's tokenizer; smoke text tasks draw from it
@@ -177,6 +178,13 @@ def _roberta(local: str | None, with_mlm_head: bool = False):
     return _from_pretrained(local or ROBERTA_HUB_ID, "RoBERTa-base", with_mlm_head)
 
 
+#: what a cost model needs of each text backbone: width, depth, MLP ratio
+TEXT_SHAPES: dict[str, tuple[int, int, float]] = {
+    "tiny-bert": (32, 2, 2.0),
+    "minilm-l6": (384, 6, 4.0),
+    "roberta-base": (768, 12, 4.0),
+}
+
 #: name -> loader(local path or None, with MLM head?) -> (encoder, MLM head or None, tokenizer)
 TEXT_BACKBONES: dict[str, Callable[[str | None, bool], tuple]] = {
     "tiny-bert": _tiny_bert,
@@ -188,8 +196,7 @@ TEXT_BACKBONES: dict[str, Callable[[str | None, bool], tuple]] = {
 def load_text_backbone(name: str, readout: str = "first_token", max_length: int = 128) -> PromptedTextEncoder:
     """A frozen, prompt-ready text encoder (``NAME`` or ``NAME@LOCAL_PATH``)."""
     base, local = split_location(name)
-    if base not in TEXT_BACKBONES:
-        raise ValueError(f"unknown text backbone {base!r}; valid: {', '.join(TEXT_BACKBONES)}")
+    check_names("text backbone", base, TEXT_BACKBONES)
     model, mlm_head, tokenizer = TEXT_BACKBONES[base](local, readout == "mask")
     return PromptedTextEncoder(model, tokenizer, name=base, readout=readout, max_length=max_length,
                                mlm_head=mlm_head)

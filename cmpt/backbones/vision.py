@@ -141,7 +141,8 @@ class PromptedViT(nn.Module):
             return prompt.expand(batch, -1, -1)
         raise ValueError(f"prompt must be [L, D] or [B, L, D] with B={batch}, got {tuple(prompt.shape)}")
 
-    def _prompt_slice(self, length: int) -> slice:
+    def prompt_slice(self, length: int) -> slice:
+        """Where a prompt of ``length`` tokens sits in the block input (the layout decides)."""
         start = 0 if self.layout == "before_cls" else 1
         return slice(start, start + length)
 
@@ -161,7 +162,7 @@ class PromptedViT(nn.Module):
         """Put deep prompt slice ``i`` into its slots before block ``i`` (nothing for shallow prompts)."""
         if deep_prompts is None or i == 0:
             return x
-        slots = self._prompt_slice(deep_prompts.shape[1])
+        slots = self.prompt_slice(deep_prompts.shape[1])
         fresh = self._check_prompt(deep_prompts[i], x.shape[0]).to(x.dtype)
         return torch.cat([x[:, :slots.start], fresh, x[:, slots.stop:]], dim=1)
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 
 from cmpt.assets import AssetError
+from cmpt.errors import check_names
 from cmpt.backbones.vision import PromptedViT, VisionPreprocess
 
-__all__ = ["VISION_BACKBONES", "load_vision_backbone", "split_location"]
+__all__ = ["VISION_BACKBONES", "VISION_SHAPES", "load_vision_backbone", "split_location"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,6 +81,14 @@ def _vit_b16_in21k(image_size: int, local: str | None) -> tuple[torch.nn.Module,
     return vit, VisionPreprocess(image_size, mean, std)  # type: ignore[arg-type]
 
 
+#: what a cost model needs of each backbone: width, depth, patch size, MLP ratio (tiny-vit's patch
+#: is 8 pixels, or 4 where the image size is not a multiple of 8)
+VISION_SHAPES: dict[str, tuple[int, int, int, float]] = {
+    "tiny-vit": (32, 2, 8, 2.0),
+    "dinov2-s14": (384, 12, 14, 4.0),
+    "vit-b16-in21k": (768, 12, 16, 4.0),
+}
+
 VISION_BACKBONES: dict[str, Callable[[int, str | None], tuple[torch.nn.Module, VisionPreprocess]]] = {
     "tiny-vit": _tiny_vit,
     "dinov2-s14": _dinov2_s14,
@@ -98,8 +107,7 @@ def load_vision_backbone(name: str, image_size: int, layout: str = "before_cls",
     ``cls_shortcut`` are :class:`PromptedViT`'s speed-up switches (see there).
     """
     base, local = split_location(name)
-    if base not in VISION_BACKBONES:
-        raise ValueError(f"unknown vision backbone {base!r}; valid: {', '.join(VISION_BACKBONES)}")
+    check_names("vision backbone", base, VISION_BACKBONES)
     vit, prep = VISION_BACKBONES[base](image_size, local)
     if mean is not None or std is not None:
         prep = VisionPreprocess(prep.image_size, tuple(mean or prep.mean), tuple(std or prep.std))  # type: ignore[arg-type]

@@ -14,16 +14,13 @@ from cmpt.gaps.mmd import (BANDWIDTH_FACTORS, WidthMismatchError, check_same_wid
                            modality_gap_table, patch_tokens, threshold_analysis)
 from cmpt.gaps.ranking import (cost_table, ground_truth, kendall, per_target_ranking, predicted_ranks, ranking_summary,
                                recommendations, spearman, top_k_hit)
-from cmpt.gaps.task_gap import (LOSSES, ProjectorFit, TargetPrompts, UniversalProjector, fit_universal_projector,
-                                target_prompt_bank, target_prompt_config, task_gap_table, task_scores,
-                                train_target_prompt)
+from cmpt.gaps.task_gap import LOSSES, ProjectorFit, UniversalProjector, fit_universal_projector, task_gap_table, task_scores
 
 __all__ = [
-    "BANDWIDTH_FACTORS", "LOSSES", "PHIS", "CombinedFit", "ProjectorFit", "Stopwatch", "TargetPrompts",
+    "BANDWIDTH_FACTORS", "LOSSES", "PHIS", "CombinedFit", "ProjectorFit", "Stopwatch",
     "UniversalProjector", "WidthMismatchError", "check_same_width", "combined_scores", "cost_table", "fit_combined",
     "fit_universal_projector", "ground_truth", "kendall", "mmd2_batched", "modality_gap", "modality_gap_table",
     "on_scores", "patch_tokens", "per_target_ranking", "predicted_ranks", "random_scores", "ranking_summary",
     "recommendations", "spearman", "spot_scores", "stimulation_patterns", "stimulation_similarity",
-    "target_prompt_bank", "target_prompt_config", "task_gap_table", "task_scores", "threshold_analysis", "top_k_hit",
-    "train_target_prompt",
+    "task_gap_table", "task_scores", "threshold_analysis", "top_k_hit",
 ]

@@ -1,11 +1,8 @@
 """The task gap: how close a source prompt can be brought to a prompt tuned on the target.
 
-1. A target prompt ``P_t`` per target task: a VPT prompt (fresh, VPT's initialisation, trained
-   with the head by the baselines' protocol) — :func:`target_prompt_bank` trains one per
-   target and seed through the results store and keeps the seed with the best validation
-   accuracy. The run uses the same hyper-parameters and seed as the baselines chapter's VPT
-   run, so it reaches the same accuracy; it is stored under its own kind because the
-   baselines' records do not keep the prompt tensor.
+1. A target prompt ``P_t`` per target task: a trained VPT prompt, given as an input (the book
+   takes the baselines chapter's VPT runs, the seed with the best validation accuracy:
+   :func:`cmpt.experiments.target_vpt_prompts`). Nothing here trains a backbone.
 2. A *universal projector* ``Linear(d_src, d_tgt)`` + dropout, shared by all source prompts
    of one target, trained for a few full-batch Adam steps to pull every mean-pooled projected
    source prompt towards the mean-pooled target prompt (Euclidean or cosine loss), optionally
@@ -24,81 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cmpt.backbones import PromptedViT, load_vision_backbone
-from cmpt.experiments import SETTING_HPARAMS, TargetData, _train_config, prepare_target, results_store, target_config
-from cmpt.profiles import Profile
-from cmpt.prompts import Prompt, load_prompt, save_prompt
-from cmpt.results import sweep
-from cmpt.train import FitResult, fit
-from cmpt.transfer import PromptedClassifier, make_prompt_source
+from cmpt.prompts import Prompt
 
-__all__ = ["LOSSES", "ProjectorFit", "TargetPrompts", "UniversalProjector", "fit_universal_projector",
-           "target_prompt_bank", "target_prompt_config", "task_gap_table", "task_scores", "train_target_prompt"]
+__all__ = ["LOSSES", "ProjectorFit", "UniversalProjector", "fit_universal_projector", "task_gap_table", "task_scores"]
 
 LOSSES = ("euclidean", "cosine")
-
-
-# ----------------------------------------------------------------------------- target prompts
-
-def target_prompt_config(cfg: Profile, target: str, seed: int) -> dict[str, Any]:
-    """The config of a VPT run whose prompt is kept (the baselines' VPT config, own kind)."""
-    return {**target_config(cfg, "vpt", target, seed, **SETTING_HPARAMS["vpt"]), "kind": "target_prompt"}
-
-
-def train_target_prompt(config: dict[str, Any], backbone: PromptedViT, data: TargetData,
-                        device: str = "auto") -> tuple[Tensor, FitResult]:
-    """Train a shallow VPT prompt with its head on ``data``; the prompt of the selected epoch."""
-    torch.manual_seed(config["seed"])
-    source = make_prompt_source("vpt", backbone, config["length"], seed=config["seed"])
-    model = PromptedClassifier(backbone, source, data.task.num_classes)
-    result = fit(model, *(data.split(s) for s in ("train", "val", "test")), _train_config(config, device))
-    return source().get("prompt").detach().cpu(), result
-
-
-@dataclass
-class TargetPrompts:
-    """The chosen VPT prompt per target and the table of every run (all seeds)."""
-
-    prompts: dict[str, Prompt]
-    runs: pd.DataFrame = field(repr=False)
-
-    @property
-    def seconds(self) -> float:
-        """Wall time of every run behind the bank (all seeds): the task gap's set-up cost."""
-        return float(self.runs["wall_time_s"].sum())
-
-
-def target_prompt_bank(cfg: Profile, backbone: PromptedViT | None = None,
-                       data: Mapping[str, TargetData] | None = None, targets: Sequence[str] | None = None,
-                       seeds: Sequence[int] | None = None) -> TargetPrompts:
-    """One VPT prompt per target (best validation accuracy over ``seeds``), cached in the store."""
-    store = results_store(cfg)
-    state: dict[str, Any] = {"backbone": backbone, "data": dict(data or {})}
-    targets = list(targets or cfg.image_tasks)
-
-    def run(config: dict[str, Any]) -> dict[str, Any]:
-        if state["backbone"] is None:
-            state["backbone"] = load_vision_backbone(cfg.vision_backbone, cfg.image_size, layout=cfg.prompt_layout,
-                                                     mean=cfg.image_mean, std=cfg.image_std)
-        target = config["target"]
-        if target not in state["data"]:
-            state["data"][target] = prepare_target(target, cfg, state["backbone"])
-        tensor, result = train_target_prompt(config, state["backbone"], state["data"][target], cfg.device)
-        prompt = Prompt(tensor, source_backbone=cfg.vision_backbone, task=target,
-                        group=state["data"][target].task.group, layout=cfg.prompt_layout,
-                        training={"setting": "vpt", "seed": config["seed"], **result.final})
-        path = store.root / "prompts" / f"vpt-{target}-{config['seed']}-{store.path(config).stem}.safetensors"
-        save_prompt(prompt, path)
-        record = result.to_record()
-        record["final"]["prompt_file"] = str(path.relative_to(store.root))
-        return record
-
-    configs = [target_prompt_config(cfg, t, s) for t in targets for s in (seeds or cfg.seeds)]
-    runs = sweep(store, configs, run, desc="target prompts")
-    best = runs.sort_values(["target", "val_acc", "seed"], ascending=[True, False, True]).groupby("target").head(1)
-    runs["chosen"] = runs["hash"].isin(best["hash"])
-    prompts = {row.target: load_prompt(store.root / row.prompt_file) for row in best.itertuples()}
-    return TargetPrompts({t: prompts[t] for t in targets}, runs)
 
 
 # ----------------------------------------------------------------------------- universal projector

@@ -1,0 +1,197 @@
+"""Executing one run: a :class:`~cmpt.run_config.TargetConfig` in, a record (and a trained model) out.
+
+:func:`run_target` builds the untrained classifier of a config, trains it with
+:func:`cmpt.train.fit` (head-only settings on cached CLS features) and returns the record the
+results store keeps. :class:`TargetRunner` is the run function of a sweep: it loads the vision
+backbone and each target's data once and keeps them for the configs that follow, and saves each
+trained model beside its record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from cmpt.backbones import PromptedViT, load_vision_backbone
+from cmpt.data import ImageTask, fraction_indices, kshot_indices, load_image_task, to_tensor
+from cmpt.errors import UnknownNameError
+from cmpt.features import cls_features, embed_tokens
+from cmpt.model_files import save_trained
+from cmpt.profiles import Profile
+from cmpt.prompts import Prompt
+from cmpt.results import ResultsStore
+from cmpt.run_config import TargetConfig, check_subset
+from cmpt.train import TrainConfig, fit, resolve_device
+from cmpt.transfer import PromptedClassifier, make_prompt_source
+
+__all__ = ["TargetData", "TargetRunner", "build_classifier", "prepare_target", "reference_norm", "run_target",
+           "subset_indices", "train_config"]
+
+
+class TargetData:
+    """A target task's embedded tokens and labels per split (the prompt never changes them).
+
+    Also keeps the CLS features per (backbone, fixed prompt), the last few, so head-only runs
+    on training subsets go through the backbone once.
+    """
+
+    def __init__(self, task: ImageTask, tokens: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
+                 keep_features: int = 4) -> None:
+        self.task, self.tokens, self.labels = task, tokens, labels
+        self.features: dict[tuple, list[torch.Tensor]] = {}
+        self.keep_features = keep_features
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name == "trainval":
+            return (torch.cat([self.tokens["train"], self.tokens["val"]]),
+                    torch.cat([self.labels["train"], self.labels["val"]]))
+        return self.tokens[name], self.labels[name]
+
+    def head_features(self, backbone: PromptedViT, prompt: torch.Tensor | None,
+                      device: torch.device | str = "cpu") -> list[torch.Tensor]:
+        """Final-norm CLS features of the train, val and test splits behind a fixed ``prompt`` (cached)."""
+        import hashlib
+
+        digest = None
+        if prompt is not None:
+            values = prompt.detach().cpu().float().contiguous().numpy()
+            digest = hashlib.sha256(values.tobytes() + str(values.shape).encode()).hexdigest()
+        key = (id(backbone), backbone.layout, digest)
+        if key not in self.features:
+            while len(self.features) >= self.keep_features:
+                self.features.pop(next(iter(self.features)))  # the oldest
+            self.features[key] = [cls_features(backbone, self.tokens[s], prompt, device=device)
+                                  for s in ("train", "val", "test")]
+        return self.features[key]
+
+
+def prepare_target(name: str, profile: Profile, backbone: PromptedViT) -> TargetData:
+    """The target ``name`` at ``profile``'s sizes, embedded by ``backbone``."""
+    task = load_image_task(name, profile)
+    tokens, labels = {}, {}
+    for split in ("train", "val", "test"):
+        images, y = task.split(split)
+        tokens[split] = embed_tokens(backbone, to_tensor(images, backbone.preprocess))
+        labels[split] = torch.as_tensor(y, dtype=torch.long)
+    return TargetData(task, tokens, labels)
+
+
+def subset_indices(task: ImageTask, spec: Mapping[str, Any], sizes: tuple[int, ...] | list[int]) -> np.ndarray:
+    """Pool indices of the training subset ``spec`` of ``task`` (saved; nested across k / fraction).
+
+    ``sizes`` are the requested (train, val, test) sizes of the run; they name the saved file.
+    """
+    spec = check_subset(spec)
+    key = f"image-{task.name}-{'-'.join(str(int(n)) for n in sizes)}"
+    if spec["kind"] == "kshot":
+        return kshot_indices(task.labels, task.splits["train"], int(spec["k"]), int(spec["seed"]), task=key)
+    return fraction_indices(task.labels, task.splits["train"], float(spec["fraction"]), int(spec["seed"]), task=key)
+
+
+def train_config(config: TargetConfig, device: str = "auto") -> TrainConfig:
+    """The training-loop settings of a run (warm-up: a tenth of the epochs, at least one)."""
+    return TrainConfig(optimizer=config.optimizer, base_lr=config.lr, weight_decay=config.weight_decay,
+                       batch_size=config.batch_size, epochs=config.epochs,
+                       warmup_epochs=max(1, config.epochs // 10), seed=config.seed,
+                       selection=config.selection, device=device)
+
+
+def build_classifier(config: TargetConfig, backbone: PromptedViT, num_classes: int, source_prompt: Prompt | None,
+                     reference_norm: float = 1.0) -> PromptedClassifier:
+    """The untrained model of ``config`` (seeded by its seed, so frozen parts are reproducible)."""
+    torch.manual_seed(config.seed)
+    prompt_source = make_prompt_source(config.setting, backbone, config.length,
+                                       source_prompt=None if source_prompt is None else source_prompt.tensor,
+                                       concentrated=config.concentrated, scaled=config.scaled,
+                                       reference_norm=reference_norm, seed=config.seed)
+    return PromptedClassifier(backbone, prompt_source, num_classes)
+
+
+def run_target(config: TargetConfig, backbone: PromptedViT, data: TargetData, source_prompt: Prompt | None,
+               reference_norm: float = 1.0, device: str = "auto", cache_features: bool = True,
+               return_model: bool = False) -> dict[str, Any] | tuple[dict[str, Any], PromptedClassifier]:
+    """Train one setting on one target; head-only settings train on cached CLS features.
+
+    With ``config.train_subset`` the train split is cut to that subset (its size is recorded as
+    ``n_train``); with ``config.train_split == "trainval"`` the run trains on train + val and
+    selects its last epoch. With ``return_model`` the trained :class:`PromptedClassifier`
+    (holding the selected epoch's state) is returned too, as ``(record, model)``.
+    """
+    model = build_classifier(config, backbone, data.task.num_classes, source_prompt, reference_norm)
+    keep = None
+    if config.train_subset is not None:
+        chosen = subset_indices(data.task, config.train_subset, config.sizes)
+        keep = torch.as_tensor(np.flatnonzero(np.isin(data.task.splits["train"], chosen)), dtype=torch.long)
+    labels = [data.labels[s] for s in ("train", "val", "test")]
+    if cache_features and config.head_only:
+        inputs = data.head_features(backbone, model.prompt_source().get("prompt"), resolve_device(device))
+        trained = model.head
+    else:
+        inputs = [data.tokens[s] for s in ("train", "val", "test")]
+        trained = model
+    splits = list(zip(inputs, labels))
+    if keep is not None:
+        splits[0] = (inputs[0][keep], labels[0][keep])
+    if config.train_split == "trainval":  # a final run: val is training data now, the last epoch counts
+        splits[0] = (torch.cat([splits[0][0], splits[1][0]]), torch.cat([splits[0][1], splits[1][1]]))
+        splits[1] = None  # type: ignore[call-overload]
+    result = fit(trained, *splits, train_config(config, device))
+    record = result.to_record()
+    if keep is not None:
+        record["final"]["n_train"] = len(keep)
+    if config.setting == "attention":
+        record["final"]["query_attention"] = model.prompt_source.attention().detach().cpu().tolist()  # type: ignore[operator]
+    return (record, model) if return_model else record
+
+
+def reference_norm(prompts: Mapping[str, Prompt]) -> float:
+    """Mean token norm over a bank of prompts: the random reference prompt's norm (1 if none)."""
+    norms = [p.tensor.norm(dim=1).mean().item() for p in prompts.values()]
+    return sum(norms) / len(norms) if norms else 1.0
+
+
+class TargetRunner:
+    """The run function of target configs of one profile: ``runner(config) -> record``.
+
+    Loads the vision backbone and each target's embedded data once, on first use, and keeps
+    them for the configs that follow (one sweep, or every task a Ray worker process runs).
+    With ``save_models`` each run's trained prompt and head go to the store's ``model_path``.
+    """
+
+    def __init__(self, profile: Profile, store: ResultsStore, prompts: Mapping[str, Prompt] | None = None,
+                 norm: float | None = None, save_models: bool = True) -> None:
+        self.profile, self.store, self.save_models = profile, store, save_models
+        self.prompts = dict(prompts or {})
+        self.norm = reference_norm(self.prompts) if norm is None else norm
+        self.backbone: PromptedViT | None = None
+        self.data: dict[str, TargetData] = {}
+
+    def target(self, name: str) -> TargetData:
+        """The embedded data of target ``name`` (loaded once)."""
+        profile = self.profile
+        if self.backbone is None:
+            self.backbone = load_vision_backbone(profile.vision_backbone, profile.image_size,
+                                                 layout=profile.prompt_layout, mean=profile.image_mean,
+                                                 std=profile.image_std)
+        if name not in self.data:
+            self.data[name] = prepare_target(name, profile, self.backbone)
+        return self.data[name]
+
+    def source_prompt(self, config: TargetConfig) -> Prompt | None:
+        if config.source is None:
+            return None
+        if config.source not in self.prompts:
+            raise UnknownNameError(f"no source prompt {config.source!r} was given to this sweep; have "
+                                   f"{', '.join(self.prompts) or 'none'}")
+        return self.prompts[config.source]
+
+    def __call__(self, config: TargetConfig) -> dict[str, Any]:
+        data = self.target(config.target)
+        record, model = run_target(config, self.backbone, data, self.source_prompt(config),  # type: ignore[arg-type]
+                                   reference_norm=self.norm, device=self.profile.device, return_model=True)
+        if self.save_models:
+            save_trained(model, self.store.model_path(config))
+        return record
