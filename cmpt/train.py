@@ -18,6 +18,13 @@ Model selection (``TrainConfig.selection``):
 On return the model holds the selected state, so a trained prompt read from it matches the
 reported accuracy.
 
+Per-example correctness of the reported test evaluation (for ``best_test``: that of the
+selected epoch) is kept in ``final["test_correct"]``, packed bits as a hex string, with the
+number of test examples in ``final["test_n"]``; :func:`cmpt.stats.decode_correct` unpacks it,
+so a bootstrap over test images can be computed from stored records. Its mean is exactly
+``test_acc``. The order is the test split's: rows of a tensor split, or a DataLoader's
+iteration order (align runs only with a loader that does not shuffle).
+
 Precision (``TrainConfig.precision``): ``"auto"`` is fp32 on CPUs and bf16 autocast on CUDA
 devices that support it (fp16 with loss scaling on older ones). Reduced precision is used only
 where the hardware makes it faster; see the performance chapter for the CPU measurement.
@@ -37,6 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from cmpt.stats import encode_correct
 
 __all__ = ["BEST_TEST_PROTOCOL", "PRECISIONS", "PROTOCOLS", "Data", "FitResult", "TrainConfig", "autocast",
            "evaluate", "fit", "make_optimizer", "param_groups", "resolve_device", "resolve_precision", "train_step",
@@ -114,8 +123,10 @@ class FitResult:
     """What :func:`fit` returns.
 
     ``final``: val_acc, val_loss, test_acc, best_epoch (1-based), train_loss (of that epoch),
-    selection, protocol. ``history``: one dict per epoch (epoch, lr, train_loss, train_acc,
-    val_acc, val_loss and, for ``best_test``, test_acc; None where not evaluated).
+    selection, protocol, test_correct (packed per-example correctness of the test evaluation
+    behind test_acc, see the module doc) and test_n (number of test examples). ``history``:
+    one dict per epoch (epoch, lr, train_loss, train_acc, val_acc, val_loss and, for
+    ``best_test``, test_acc; None where not evaluated).
     ``state``: CPU copy of the trainable parameters of the selected epoch.
     """
 
@@ -253,17 +264,21 @@ def _call(model: nn.Module, forward: Forward | None, inputs: Any) -> Tensor:
 
 
 def evaluate(model: nn.Module, data: Data, batch_size: int = 256, forward: Forward | None = None,
-             device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> dict[str, float]:
+             device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+             per_example: bool = False) -> dict[str, Any]:
     """Accuracy and mean cross-entropy of ``model`` on a split, in eval mode; restores the mode.
 
     Runs without autograd (autocast to ``dtype`` when given); sums stay on the device and are
-    read once, so a GPU is not synchronised every batch.
+    read once, so a GPU is not synchronised every batch. With ``per_example`` the result also
+    has ``"correct"``: a CPU bool tensor, one entry per example in the split's order, whose
+    mean is ``"acc"`` exactly.
     """
     device = next(model.parameters()).device if device is None else torch.device(device)
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     loss = torch.zeros((), dtype=torch.float64, device=device)
+    hits: list[Tensor] = []
     n = 0
     try:
         with torch.no_grad(), autocast(device, dtype):
@@ -271,13 +286,19 @@ def evaluate(model: nn.Module, data: Data, batch_size: int = 256, forward: Forwa
                 labels = labels.to(device)
                 logits = _call(model, forward, _to(inputs, device)).float()
                 loss += F.cross_entropy(logits, labels, reduction="sum")
-                correct += (logits.argmax(-1) == labels).sum()
+                right = logits.argmax(-1) == labels
+                correct += right.sum()
+                if per_example:
+                    hits.append(right)
                 n += len(labels)
     finally:
         model.train(was_training)
     if n == 0:
         raise ValueError("cannot evaluate on an empty split")
-    return {"acc": correct.item() / n, "loss": loss.item() / n}
+    out: dict[str, Any] = {"acc": correct.item() / n, "loss": loss.item() / n}
+    if per_example:
+        out["correct"] = torch.cat(hits).cpu()
+    return out
 
 
 def train_step(model: nn.Module, inputs: Any, labels: Tensor, optimizer: torch.optim.Optimizer,
@@ -342,11 +363,11 @@ def fit(model: nn.Module, train: Data, val: Data | None, test: Data, cfg: TrainC
     dtype = resolve_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
 
-    def run_eval(data: Data) -> dict[str, float]:
-        return evaluate(model, data, cfg.eval_batch_size, forward, device, dtype)
+    def run_eval(data: Data, per_example: bool = False) -> dict[str, Any]:
+        return evaluate(model, data, cfg.eval_batch_size, forward, device, dtype, per_example)
 
     history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None  # {"score", "row", "state"} of the selected epoch so far
+    best: dict[str, Any] | None = None  # {"score", "row", "state", "test"} of the selected epoch so far
     bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", leave=False, disable=None)
     for epoch in bar:
         model.train()
@@ -369,11 +390,14 @@ def fit(model: nn.Module, train: Data, val: Data | None, test: Data, cfg: TrainC
             if val is not None:
                 v = run_eval(val)
                 row["val_acc"], row["val_loss"] = v["acc"], v["loss"]
+            tested = None
             if cfg.selection == "best_test":
-                row["test_acc"] = run_eval(test)["acc"]
+                tested = run_eval(test, per_example=True)
+                row["test_acc"] = tested["acc"]
             score = {"val": row["val_acc"], "best_test": row.get("test_acc"), "last": epoch}[cfg.selection]
             if best is None or score > best["score"]:  # strict: the earliest best epoch wins ties
-                best = {"score": score, "row": row, "state": _snapshot(model) if epoch < cfg.epochs else None}
+                best = {"score": score, "row": row, "state": _snapshot(model) if epoch < cfg.epochs else None,
+                        "test": tested}
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=row["val_acc"], refresh=False)
         history.append(row)
     bar.close()
@@ -382,9 +406,10 @@ def fit(model: nn.Module, train: Data, val: Data | None, test: Data, cfg: TrainC
     if best["state"] is not None:
         _restore(model, best["state"])
     chosen = best["row"]
-    test_acc = chosen["test_acc"] if cfg.selection == "best_test" else run_eval(test)["acc"]
-    final = {"val_acc": chosen["val_acc"], "val_loss": chosen["val_loss"], "test_acc": test_acc,
+    tested = best["test"] if cfg.selection == "best_test" else run_eval(test, per_example=True)
+    final = {"val_acc": chosen["val_acc"], "val_loss": chosen["val_loss"], "test_acc": tested["acc"],
              "best_epoch": chosen["epoch"], "train_loss": chosen["train_loss"], "selection": cfg.selection,
-             "protocol": PROTOCOLS[cfg.selection]}
+             "protocol": PROTOCOLS[cfg.selection], "test_correct": encode_correct(tested["correct"]),
+             "test_n": len(tested["correct"])}
     state = {name: p.detach().to("cpu", copy=True) for name, p in _trainable(model).items()}
     return FitResult(final=final, history=history, n_trainable=n_trainable, state=state)

@@ -1,10 +1,12 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from cmpt.stats import decode_correct
 from cmpt.train import BEST_TEST_PROTOCOL, TrainConfig, evaluate, fit, param_groups, warmup_cosine
 
 
@@ -184,3 +186,32 @@ def test_dataloader_and_structured_inputs():
     assert evaluate(model, split(32, 3), forward=forward)["acc"] == result.final["test_acc"]
     with pytest.raises(ValueError, match="validation"):
         fit(model, split(64, 1), None, split(32, 3), CFG, forward=forward)
+
+
+@pytest.mark.parametrize("selection", ["val", "last", "best_test"])
+def test_per_example_correctness_matches_test_accuracy(selection):
+    model, final, history = _scripted_run(selection)
+    bits = decode_correct(final["test_correct"], final["test_n"])
+    assert final["test_n"] == 10 and bits.dtype == bool
+    assert bits.sum() / len(bits) == final["test_acc"]  # exact parity, not approximate
+    # The scripted model gets the first round(acc * n) test examples right and the rest wrong.
+    expected = {"val": 0.7, "last": 0.8, "best_test": 1.0}[selection]
+    assert bits.tolist() == [i < round(expected * 10) for i in range(10)]
+    if selection == "best_test":  # the bits of the selected epoch, not of the last one
+        assert history[-1]["test_acc"] == pytest.approx(0.8) and bits.all()
+
+
+def test_per_example_correctness_of_a_real_run_and_evaluate_flag():
+    torch.manual_seed(0)
+    model = nn.Linear(2, 3)
+    test = blobs(203, 3)  # not a multiple of 8 or of the batch size
+    result = fit(model, blobs(300, 1), blobs(100, 2), test, TrainConfig(**{**CFG.as_dict(), "eval_batch_size": 64}))
+    bits = decode_correct(result.final["test_correct"], result.final["test_n"])
+    assert len(bits) == 203 and bits.mean() == result.final["test_acc"]
+    assert len(result.final["test_correct"]) == 2 * 26  # 203 bits pack into 26 bytes
+    with torch.no_grad():
+        expected = (model(test[0]).argmax(-1) == test[1]).numpy()
+    assert np.array_equal(bits, expected)
+    out = evaluate(model, test, batch_size=50, per_example=True)
+    assert out["correct"].dtype == torch.bool and np.array_equal(out["correct"].numpy(), expected)
+    assert out["acc"] == result.final["test_acc"] and "correct" not in evaluate(model, test)
