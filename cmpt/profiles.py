@@ -230,6 +230,7 @@ PAPER_SEARCH = (
     ("random", "sgd", _VPT_LRS, _DECAYS),
     ("vpt", "sgd", _VPT_LRS, _DECAYS),
     ("vpt_deep", "sgd", _VPT_LRS, _DECAYS),
+    ("spt", "sgd", _VPT_LRS, _DECAYS),
     ("projection", "adam", (0.02,), (1e-3,)),
     ("attention", "adam", (1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0005), _DECAYS),
 )

@@ -31,6 +31,7 @@ SETTING_HPARAMS: dict[str, dict[str, Any]] = {
     "random": {"optimizer": "adam", "lr": 0.4, "weight_decay": 0.0},
     "vpt": {"optimizer": "adam", "lr": 0.1, "weight_decay": 0.0},
     "vpt_deep": {"optimizer": "adam", "lr": 0.1, "weight_decay": 0.0},
+    "spt": {"optimizer": "adam", "lr": 0.1, "weight_decay": 0.0},  # tuned like VPT
     "projection": {"optimizer": "adam", "lr": 0.02, "weight_decay": 0.001},
     "attention": {"optimizer": "adam", "lr": 0.02, "weight_decay": 0.0},
 }

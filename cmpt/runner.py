@@ -17,13 +17,14 @@ import torch
 
 from cmpt.backbones import PromptedViT, load_vision_backbone
 from cmpt.data import ImageTask, fraction_indices, kshot_indices, load_image_task, to_tensor
-from cmpt.errors import UnknownNameError
+from cmpt.errors import InputError, UnknownNameError
 from cmpt.features import cls_features, embed_tokens
 from cmpt.model_files import save_trained
 from cmpt.profiles import Profile
 from cmpt.prompts import Prompt
 from cmpt.results import ResultsStore
 from cmpt.run_config import TargetConfig, check_subset
+from cmpt.spt import SelfPrompt
 from cmpt.train import TrainConfig, fit, resolve_device
 from cmpt.transfer import PromptedClassifier, make_prompt_source
 
@@ -100,9 +101,18 @@ def train_config(config: TargetConfig, device: str = "auto") -> TrainConfig:
 
 
 def build_classifier(config: TargetConfig, backbone: PromptedViT, num_classes: int, source_prompt: Prompt | None,
-                     reference_norm: float = 1.0) -> PromptedClassifier:
-    """The untrained model of ``config`` (seeded by its seed, so frozen parts are reproducible)."""
+                     reference_norm: float = 1.0, train_tokens: torch.Tensor | None = None) -> PromptedClassifier:
+    """The untrained model of ``config`` (seeded by its seed, so frozen parts are reproducible).
+
+    ``spt`` starts from k-means prototypes of ``train_tokens`` (embedding-layer tokens of the
+    images the run trains on, CLS first; only their patch tokens are used).
+    """
     torch.manual_seed(config.seed)
+    if config.setting == "spt":
+        if train_tokens is None:
+            raise InputError("setting 'spt' needs the target's training tokens")
+        prompt = SelfPrompt.from_tokens(train_tokens[:, 1:], config.length, "kmeans", seed=config.seed)
+        return PromptedClassifier(backbone, prompt, num_classes)
     prompt_source = make_prompt_source(config.setting, backbone, config.length,
                                        source_prompt=None if source_prompt is None else source_prompt.tensor,
                                        concentrated=config.concentrated, scaled=config.scaled,
@@ -120,11 +130,15 @@ def run_target(config: TargetConfig, backbone: PromptedViT, data: TargetData, so
     selects its last epoch. With ``return_model`` the trained :class:`PromptedClassifier`
     (holding the selected epoch's state) is returned too, as ``(record, model)``.
     """
-    model = build_classifier(config, backbone, data.task.num_classes, source_prompt, reference_norm)
     keep = None
     if config.train_subset is not None:
         chosen = subset_indices(data.task, config.train_subset, config.sizes)
         keep = torch.as_tensor(np.flatnonzero(np.isin(data.task.splits["train"], chosen)), dtype=torch.long)
+    train_tokens = None
+    if config.setting == "spt":  # the prompt sees exactly the images the run trains on
+        train_tokens = data.split("trainval" if config.train_split == "trainval" else "train")[0]
+        train_tokens = train_tokens[keep] if keep is not None else train_tokens
+    model = build_classifier(config, backbone, data.task.num_classes, source_prompt, reference_norm, train_tokens)
     labels = [data.labels[s] for s in ("train", "val", "test")]
     if cache_features and config.head_only:
         inputs = data.head_features(backbone, model.prompt_source().get("prompt"), resolve_device(device))

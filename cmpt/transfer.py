@@ -11,6 +11,8 @@ setting        prompt                                      trainable
 ``linear``     none                                        head
 ``vpt``        fresh prompt (xavier-uniform, VPT's bound)  prompt, head
 ``vpt_deep``   a fresh prompt before every block           prompts, head
+``spt``        prototypes of the target's patch tokens     prompt, head
+               (SPT; built in :mod:`cmpt.spt`)
 ``frozen``     the source prompt as is                     head
 ``random``     a frozen random prompt (reference)          head
 ``projection`` ``Linear(d_src, d_tgt)`` token-wise         projector, head
@@ -47,7 +49,7 @@ __all__ = [
     "random_reference_prompt",
 ]
 
-SETTINGS = ("linear", "vpt", "vpt_deep", "frozen", "random", "projection", "attention")
+SETTINGS = ("linear", "vpt", "vpt_deep", "spt", "frozen", "random", "projection", "attention")
 #: settings that train only the head (on cached features)
 HEAD_ONLY = ("linear", "frozen", "random")
 #: settings that start from a source prompt (one run per source)
@@ -184,6 +186,9 @@ def make_prompt_source(setting: str, backbone: PromptedViT, length: int, source_
         return LearnedPrompt(length, backbone.width, patch, depth=backbone.depth if setting == "vpt_deep" else 0)
     if setting == "random":
         return FixedPrompt(random_reference_prompt(length, backbone.width, reference_norm, seed))
+    if setting == "spt":
+        raise InputError("an spt prompt starts from the target's own training tokens: build it with "
+                         "cmpt.spt.SelfPrompt.from_tokens (cmpt.runner.build_classifier does)")
     if source_prompt is None:
         raise InputError(f"setting {setting!r} needs a source prompt")
     if setting == "frozen":

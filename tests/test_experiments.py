@@ -103,3 +103,20 @@ def test_target_config_hash_is_that_of_the_dict_it_replaced():
         "task": "keywords", "length": SMOKE.prompt_length, "epochs": SMOKE.source_epochs, "lr": SMOKE.source_lr,
         "batch_size": SMOKE.source_batch_size, "max_length": SMOKE.text_max_length,
         "sizes": [SMOKE.text_train, SMOKE.text_val, SMOKE.text_test], "seed": 42})
+
+
+def test_spt_starts_from_prototypes_of_exactly_the_training_images_and_trains_prompt_and_head(results):
+    from cmpt.runner import build_classifier
+    from cmpt.spt import prototypes
+
+    backbone = load_vision_backbone(SMOKE.vision_backbone, SMOKE.image_size)
+    data = prepare_target("clevr_count", SMOKE, backbone)
+    config = TargetConfig.of(SMOKE, "spt", "clevr_count", seed=5, lr=0.1)
+    tokens = data.split("train")[0]
+    model = build_classifier(config, backbone, data.task.num_classes, None, train_tokens=tokens)
+    expected = prototypes(tokens[:, 1:], SMOKE.prompt_length, "kmeans", seed=5)
+    assert torch.equal(model.prompt_source()["prompt"].detach(), expected)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"prompt_source.prompt", "head.weight", "head.bias"}
+    record = run_target(config, backbone, data, None)
+    assert 0.0 <= record["final"]["test_acc"] <= 1.0

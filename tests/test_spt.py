@@ -122,7 +122,7 @@ def test_self_prompt_trains_like_shallow_vpt(vit):
     source = SelfPrompt.from_images(vit, images[:16], 4, "kmeans", seed=0)
     start = source.prompt.detach().clone()
     model = PromptedClassifier(vit, source, num_classes=3)
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"source.prompt", "head.weight", "head.bias"}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"prompt_source.prompt", "head.weight", "head.bias"}
     fit(model, (images[:16], labels[:16]), None, (images[16:], labels[16:]),
         TrainConfig(epochs=2, batch_size=8, selection="last", device="cpu"))
     assert not torch.equal(source.prompt.detach(), start)  # the prompt is tuned, not frozen
