@@ -11,7 +11,7 @@ baseline measured in the same run on the same data (:mod:`cmpt.perf` holds the m
 2. **FLOP/s**: the step's counted FLOPs times its rate, as a share of this machine's matmul
    peak measured in the same run (in the precision the step computes in);
 3. **head-only**: linear probing, the random reference and frozen transfer from every source
-   of one target through :func:`cmpt.experiments.run_target`, with cached CLS features against
+   of one target through :func:`cmpt.runner.run_target`, with cached CLS features against
    recomputing the backbone's forwards every epoch;
 4. **MMD table**: :func:`cmpt.gaps.modality_gap_table` for all source x target pairs against
    :func:`cmpt.perf.direct_mmd_table`, Algorithm 1 written out pair by pair;

@@ -68,18 +68,13 @@ def _sweep(args: argparse.Namespace) -> int:
     from cmpt.experiments import source_bank
     from cmpt.protocol import PROTOCOL_LABELS, plan_table, run_protocol
     from cmpt.results import ResultsStore
-    from cmpt.run_config import setting_configs
+    from cmpt.run_config import setting_grid
     from cmpt.sweep import require_ray
     from cmpt.transfer import SOURCE_SETTINGS
 
     profile = _profile_from(args)
     settings, targets, sources = _grid(args, profile)
-
-    def configs_for(setting: str) -> list:
-        return setting_configs(profile, setting, targets, sources if setting in SOURCE_SETTINGS else (None,),
-                               args.seeds)
-
-    configs = [c for s in settings for c in configs_for(s)]
+    configs = setting_grid(profile, settings, targets, sources, args.seeds)
     if args.plan:
         test_images = min(profile.n_test, ASSUMED_TEST_IMAGES)
         table = plan_table(profile, configs, test_images=test_images)

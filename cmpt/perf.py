@@ -7,7 +7,7 @@ in one process:
   timm model with its explicit softmax attention, fp32, the patch embedding recomputed from
   pixels every step, every block on every token;
 - :func:`direct_mmd_table` is Algorithm 1 written out pair by pair and batch by batch;
-- head-only runs go through :func:`cmpt.experiments.run_target` both ways (cached CLS
+- head-only runs go through :func:`cmpt.runner.run_target` both ways (cached CLS
   features, or the backbone's forward recomputed every epoch).
 
 Rates are medians over rounds that alternate the contenders, so a drifting machine load hits
@@ -38,6 +38,7 @@ from cmpt.backbones import PromptedViT, load_vision_backbone
 from cmpt.backbones.vision import VisionPreprocess
 from cmpt.backbones.vision_zoo import split_location
 from cmpt.gaps.mmd import BANDWIDTH_FACTORS, modality_gap_table
+from cmpt.cost import vit_image_flops
 from cmpt.profiles import Profile, get_profile
 from cmpt.train import TrainConfig, make_optimizer, resolve_device, resolve_precision, train_step
 from cmpt.transfer import LearnedPrompt, PromptedClassifier
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from cmpt.bench import BenchConfig
 
 __all__ = ["ReferencePromptTuner", "direct_mmd_table", "head_only", "ideas", "machine", "matmul_peak",
-           "measure", "mmd_table", "prompt_tuning", "step_flops", "vit_image_flops"]
+           "measure", "mmd_table", "prompt_tuning", "step_flops"]
 
 
 # ----------------------------------------------------------------------------- machine
@@ -157,7 +158,7 @@ def _pair(backbone: PromptedViT, bc: BenchConfig, device: torch.device) -> tuple
     patch = int(backbone.vit.patch_embed.patch_size[0])
     torch.manual_seed(bc.seed)
     fast = PromptedClassifier(backbone, LearnedPrompt(bc.prompt_length, backbone.width, patch), bc.num_classes)
-    ref = ReferencePromptTuner(backbone.vit, fast.source.prompt, bc.num_classes, bc.layout)
+    ref = ReferencePromptTuner(backbone.vit, fast.prompt_source.prompt, bc.num_classes, bc.layout)
     ref.head.load_state_dict(fast.head.state_dict())
     return fast.to(device).train(), ref.to(device).train()
 
@@ -223,19 +224,6 @@ def step_flops(step: Callable[[], Any], model: nn.Module) -> int:
     with _plain_attention(model), FlopCounterMode(display=False) as counter:
         step()
     return int(counter.get_total_flops())
-
-
-def vit_image_flops(width: int, depth: int, tokens: int, mlp_ratio: float = 4.0, train: bool = True) -> float:
-    """FLOPs per image of a ViT forward over ``tokens`` tokens, plus the backward to its input if ``train``.
-
-    Per block and token: qkv ``6 D^2``, projection ``2 D^2``, MLP ``4 r D^2``; attention
-    scores and mixing ``4 T D``. The backward to the input (frozen weights: no weight
-    gradients) costs one more forward for the matmuls and two for attention.
-    """
-    linear = (8.0 + 4.0 * mlp_ratio) * width ** 2 * tokens
-    attention = 4.0 * tokens ** 2 * width
-    forward = depth * (linear + attention)
-    return forward + (depth * (linear + 2.0 * attention) if train else 0.0)
 
 
 def _saved_bytes(step: Callable[[], Any], model: nn.Module) -> int:
@@ -315,9 +303,9 @@ def _bench_profile(bc: BenchConfig) -> Profile:
 
 
 def _synthetic_target(bc: BenchConfig, backbone: PromptedViT, device: torch.device):
-    """A :class:`~cmpt.experiments.TargetData` of random images (embedded once, as cmpt does)."""
+    """A :class:`~cmpt.runner.TargetData` of random images (embedded once, as cmpt does)."""
     from cmpt.data import ImageTask
-    from cmpt.experiments import TargetData
+    from cmpt.runner import TargetData
     from cmpt.features import embed_tokens
 
     sizes = {"train": bc.n_train, "val": bc.n_val, "test": bc.n_test}
@@ -345,7 +333,8 @@ def head_only(bc: BenchConfig, backbone: PromptedViT, device: torch.device) -> d
     extrapolated to ``head_epochs`` and to all runs (the fixed part — model set-up, the
     final test pass — counts once per run).
     """
-    from cmpt.experiments import SETTING_HPARAMS, run_target, target_config
+    from cmpt.run_config import SETTING_HPARAMS, TargetConfig
+    from cmpt.runner import run_target
     from cmpt.prompts import Prompt
 
     cfg = _bench_profile(bc)
@@ -353,17 +342,17 @@ def head_only(bc: BenchConfig, backbone: PromptedViT, device: torch.device) -> d
     prompts = {f"source{i}": Prompt(torch.randn(bc.prompt_length, backbone.width, generator=gen))
                for i in range(bc.sources)}
     plan = [("linear", None), ("random", None)] + [("frozen", s) for s in prompts]
-    configs = [target_config(cfg, setting, "bench", bc.seed, source=source, **SETTING_HPARAMS[setting])
+    configs = [TargetConfig.of(cfg, setting, "bench", bc.seed, source=source, **SETTING_HPARAMS[setting])
                for setting, source in plan]
     dev = str(device)
 
     target = _synthetic_target(bc, backbone, device)
-    run_target({**configs[0], "epochs": 1}, backbone, target, None, device=dev)  # warm-up (lazy set-up), untimed
+    run_target(configs[0].replace(epochs=1), backbone, target, None, device=dev)  # warm-up (lazy set-up), untimed
 
     def timed(config: dict[str, Any], cache: bool) -> tuple[float, dict[str, Any]]:
         _sync(device)
         start = time.perf_counter()
-        record = run_target(config, backbone, target, prompts.get(config["source"]), device=dev, cache_features=cache)
+        record = run_target(config, backbone, target, prompts.get(config.source), device=dev, cache_features=cache)
         _sync(device)
         return time.perf_counter() - start, record  # type: ignore[return-value]
 
@@ -371,13 +360,13 @@ def head_only(bc: BenchConfig, backbone: PromptedViT, device: torch.device) -> d
     probe = configs[-1]
     short: dict[int, tuple[float, dict[str, Any]]] = {}
     for epochs in tqdm((1, 3) * min(2, bc.rounds), desc="head-only, recomputing", leave=False, disable=None):
-        took = timed({**probe, "epochs": epochs}, False)
+        took = timed(probe.replace(epochs=epochs), False)
         if epochs not in short or took[0] < short[epochs][0]:  # the faster of two tries: load spikes only add
             short[epochs] = took
     per_epoch = max(0.0, (short[3][0] - short[1][0]) / 2)
     fixed = max(0.0, short[1][0] - per_epoch)
     recompute = len(configs) * (fixed + per_epoch * bc.head_epochs)
-    same = timed({**probe, "epochs": 3}, True)[1]
+    same = timed(probe.replace(epochs=3), True)[1]
     return {"runs": len(configs), "epochs": bc.head_epochs, "cached_s": sum(cached), "recompute_s": recompute,
             "recompute_per_epoch_s": per_epoch, "recompute_fixed_s": fixed, "speedup": recompute / sum(cached),
             "test_acc_cached_3_epochs": same["final"]["test_acc"],

@@ -20,7 +20,7 @@ from cmpt.profiles import Profile
 from cmpt.transfer import HEAD_ONLY, SETTINGS, SOURCE_SETTINGS
 
 __all__ = ["SETTING_HPARAMS", "STAGES", "SUBSET_KINDS", "SourceConfig", "TargetConfig", "check_subset",
-           "default_concentrated", "setting_configs"]
+           "default_concentrated", "setting_configs", "setting_grid"]
 
 #: optimiser, base learning rate (scaled by batch/256) and weight decay per setting when no search
 #: chooses them. Head-only settings train a linear head on LayerNorm-ed features and take a larger
@@ -176,3 +176,16 @@ def setting_configs(profile: Profile, setting: str, targets: Sequence[str],
     hp = {**SETTING_HPARAMS[setting], **extra}
     return [TargetConfig.of(profile, setting, target, seed, source=source, **hp)
             for target in targets for source in sources for seed in (seeds or profile.seeds)]
+
+
+def setting_grid(profile: Profile, settings: Sequence[str] | None = None, targets: Sequence[str] | None = None,
+                 sources: Sequence[str] | None = None, seeds: Sequence[int] | None = None) -> list[TargetConfig]:
+    """The target-side grid: settings x targets x seeds, times sources for the settings that take one.
+
+    Defaults: every setting with a recipe, the profile's image tasks, its source tasks and seeds.
+    """
+    settings = list(settings or SETTING_HPARAMS)
+    targets = list(targets or profile.image_tasks)
+    sources = list(sources or profile.text_tasks)
+    return [c for s in settings
+            for c in setting_configs(profile, s, targets, sources if s in SOURCE_SETTINGS else (None,), seeds)]

@@ -138,8 +138,11 @@ def _check_performance(rec: dict) -> None:
     assert rec["performance/images_per_s"]["cmpt"] > 0 and rec["performance/images_per_s"]["reference"] > 0
     assert rec["performance/parity_max_logit_diff"] < 1e-4 and rec["performance/mmd_max_rel_diff"] < 1e-9
     grid = rec["performance/paper_grid"]
-    # 13 source prompts; linear, random, vpt 19 x 3; frozen, projection 13 x 19 x 3; attention 19 x 3 + 12
-    assert grid["runs"] == 13 + 3 * 57 + 2 * 741 + 69 and grid["gpu_hours"] > 0 and grid["measured"] is False
+    # 19 targets, 3 final seeds; grids: 36 points (VPT's 9 x 4) for linear, random, vpt, vpt_deep, spt and
+    # frozen (x 13 sources), 1 for projection (x 13), 10 l_s + 8 x 4 for attention (x 13); no source training
+    finals = 3
+    expected = 19 * (5 * (36 + finals) + 13 * (36 + finals) + 13 * (1 + finals) + 13 * (10 + 32 + finals))
+    assert grid["runs"] == expected and grid["gpu_hours"] > 0 and grid["measured"] is False
     assert isinstance(rec["performance/run_seconds"], dict)
     assert rec["performance/chapter_seconds"] is None or isinstance(rec["performance/chapter_seconds"], dict)
     assert "performance/ideas" not in rec or rec["performance/ideas"]["fp32"] == 1.0

@@ -19,7 +19,8 @@ from cmpt.backbones import load_vision_backbone, record_attention
 from cmpt.backbones.vision import cls_row_block, supports_cls_shortcut
 from cmpt.bench import FIGURES, BenchConfig, BenchResult
 from cmpt.gaps.mmd import modality_gap_table
-from cmpt.perf import ReferencePromptTuner, direct_mmd_table, step_flops, vit_image_flops
+from cmpt.cost import vit_image_flops
+from cmpt.perf import ReferencePromptTuner, direct_mmd_table, step_flops
 from cmpt.train import TrainConfig, evaluate, fit, make_optimizer, resolve_precision, train_step
 from cmpt.transfer import LearnedPrompt, PromptedClassifier
 
@@ -41,7 +42,7 @@ def _pair(vit, layout: str = "before_cls"):
     vit.layout = layout
     torch.manual_seed(0)
     fast = PromptedClassifier(vit, LearnedPrompt(LENGTH, vit.width, 8), CLASSES)
-    ref = ReferencePromptTuner(vit.vit, fast.source.prompt, CLASSES, layout)
+    ref = ReferencePromptTuner(vit.vit, fast.prompt_source.prompt, CLASSES, layout)
     ref.head.load_state_dict(fast.head.state_dict())
     return fast, ref
 
@@ -153,7 +154,7 @@ def test_training_with_the_fast_path_matches_the_reference(vit):
             loss_fast, _ = train_step(fast, train_tokens[batch], train_y[batch], opt_fast)
             loss_ref, _ = train_step(ref, train_x[batch], train_y[batch], opt_ref)
             assert loss_fast.item() == pytest.approx(loss_ref.item(), rel=1e-3, abs=1e-5)
-    torch.testing.assert_close(fast.source.prompt, ref.prompt, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(fast.prompt_source.prompt, ref.prompt, rtol=1e-3, atol=1e-4)
     acc_fast = evaluate(fast, (vit.embed(test_x).detach(), test_y))["acc"]
     acc_ref = evaluate(ref, (test_x, test_y))["acc"]
     assert acc_fast == pytest.approx(acc_ref, abs=1 / 30 + 1e-9)
@@ -175,7 +176,7 @@ def test_precision_switch_and_bf16_stays_close_to_fp32(vit):
         for precision in ("fp32", "bf16"):
             optimizer = torch.optim.SGD(fast.parameters(), lr=0.0)  # lr 0: the step leaves the model as it is
             train_step(fast, tokens, labels, optimizer, dtype=resolve_precision(precision, "cpu"))
-            grads[precision] = fast.source.prompt.grad.clone()
+            grads[precision] = fast.prompt_source.prompt.grad.clone()
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits[precision] = fast(tokens).float()
     finally:
@@ -203,7 +204,8 @@ def test_cache_features_switch_recomputes_the_backbone_every_epoch(tmp_path, mon
     from cmpt.data import ImageTask
     import numpy as np
 
-    from cmpt.experiments import TargetData, run_target, target_config
+    from cmpt.run_config import TargetConfig
+    from cmpt.runner import TargetData, run_target
     from cmpt.profiles import get_profile
 
     monkeypatch.setenv("CMPT_RESULTS", str(tmp_path))
@@ -218,7 +220,7 @@ def test_cache_features_switch_recomputes_the_backbone_every_epoch(tmp_path, mon
                       {s: torch.as_tensor(labels[task.splits[s]]) for s in n})
     calls = []
     hook = vit.vit.blocks[0].register_forward_hook(lambda *_: calls.append(1))
-    config = target_config(cfg, "linear", "t", seed=0, epochs=4, lr=0.1)
+    config = TargetConfig.of(cfg, "linear", "t", seed=0, epochs=4, lr=0.1)
     try:
         run_target(config, vit, data, None, device="cpu", cache_features=True)
         cached = len(calls)
