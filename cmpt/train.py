@@ -1,6 +1,6 @@
 """One training loop for every setting (linear probe, VPT, frozen / projection / attention transfer).
 
-The protocol follows ``shared/docs/method.md``: cross-entropy; Adam or SGD (momentum 0.9); no
+The protocol is the papers' (VPT's training recipe, which CMPT's code follows): cross-entropy; Adam or SGD (momentum 0.9); no
 weight decay on biases and other 1-D parameters; learning rate ``base_lr * batch_size / 256``;
 linear warm-up then cosine, stepped once per epoch.
 

@@ -1,7 +1,7 @@
 """A frozen timm Vision Transformer that accepts soft prompts.
 
 Prompts enter after the position embedding and get no position embedding of their own.
-Two layouts (see ``shared/docs/method.md``):
+Two layouts (the CMPT code's default, and VPT's):
 
 ``before_cls``  ``[P; CLS; patches]`` — the CMPT paper's code; the CLS token sits at index ``L``.
 ``after_cls``   ``[CLS; P; patches]`` — VPT; the CLS token sits at index 0.
