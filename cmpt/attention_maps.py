@@ -34,7 +34,7 @@ from cmpt.backbones.vision import PromptedViT, record_attention
 from cmpt.transfer import AttentionPrompt, PromptedClassifier
 
 
-__all__ = ["RecordedAttention", "cls_patch_attention", "overlay", "plot_image_attention",
+__all__ = ["AttentionView", "RecordedAttention", "attention_view", "shown_images", "cls_patch_attention", "overlay", "plot_image_attention",
            "prompt_mass", "query_attention", "reapply_attention", "reapply_error", "record_maps", "rollout",
            "rollout_cls_patches"]
 
@@ -228,3 +228,55 @@ def plot_image_attention(image: np.ndarray, patches: np.ndarray | torch.Tensor, 
 
 
 # ----------------------------------------------------------------------------- trained models
+
+
+@dataclass
+class AttentionView:
+    """What the attention chapter shows of one trained model on a target's test images.
+
+    ``shown``: test indices of the images drawn (the first of evenly spaced classes);
+    ``patches``: their CLS-to-patch maps ``[images, layers, heads, rows, cols]``; ``rolled``:
+    their rollout maps; ``mass``: prompt mass per image and layer over the first ``mass_images``
+    test images; ``rollout_prompt``: the rollout share of the prompt slots, averaged; ``errors``:
+    the largest deviations of the checks (rows summing to 1, re-applying the recorded softmax).
+    """
+
+    shown: list[int]
+    patches: np.ndarray
+    rolled: np.ndarray
+    mass: np.ndarray
+    rollout_prompt: float
+    grid: tuple[int, int]
+    layers: int
+    heads: int
+    errors: dict[str, float]
+
+
+def shown_images(labels: torch.Tensor, num_classes: int, n_images: int) -> list[int]:
+    """The first test image of each of ``n_images`` evenly spaced classes (classes present only)."""
+    classes = np.linspace(0, num_classes - 1, n_images).round().astype(int)
+    values = labels.numpy()
+    return [int(np.flatnonzero(values == c)[0]) for c in classes if (values == c).any()]
+
+
+def attention_view(model: PromptedClassifier, tokens: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                   n_images: int = 4, mass_images: int = 64, chunk: int = 8) -> AttentionView:
+    """Record ``model``'s attention on test ``tokens`` and reduce it to an :class:`AttentionView`.
+
+    Maps are ``[layers, B, heads, T, T]``, so the mass curves are recorded ``chunk`` images at a time.
+    """
+    shown = shown_images(labels, num_classes, n_images)
+    rec = record_maps(model, tokens[shown])
+    errors = {"row_sum": 0.0, "rollout_row_sum": 0.0}
+    masses, shares = [], []
+    for part_tokens in tokens[:mass_images].split(chunk):
+        part = record_maps(model, part_tokens)
+        joint = rollout(part)
+        errors["row_sum"] = max(errors["row_sum"], float((part.maps.sum(-1) - 1).abs().max()))
+        errors["rollout_row_sum"] = max(errors["rollout_row_sum"], float((joint.sum(-1) - 1).abs().max()))
+        masses.append(prompt_mass(part))
+        shares.append(joint[:, part.cls, part.prompt].sum(-1))
+    errors["reapply"] = reapply_error(model, tokens[shown])
+    return AttentionView(shown, cls_patch_attention(rec).numpy(), rollout_cls_patches(rec).numpy(),
+                         torch.cat(masses).numpy(), float(torch.cat(shares).mean()), rec.grid,
+                         int(rec.maps.shape[0]), int(rec.maps.shape[2]), errors)

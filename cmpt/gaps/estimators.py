@@ -36,10 +36,11 @@ from torch import Tensor
 from cmpt.backbones import PromptedViT
 from cmpt.gaps.mmd import check_same_width
 from cmpt.gaps.ranking import per_target_ranking
+from cmpt.gaps.task_gap import task_gap_table
 from cmpt.prompts import Prompt
 
-__all__ = ["PHIS", "CombinedFit", "Stopwatch", "combined_scores", "fit_combined", "on_scores", "random_scores",
-           "spot_scores", "stimulation_patterns", "stimulation_similarity"]
+__all__ = ["ESTIMATOR_LABELS", "PHIS", "CombinedFit", "Stopwatch", "all_estimates", "combined_scores", "fit_combined",
+           "on_scores", "random_scores", "spot_scores", "stimulation_patterns", "stimulation_similarity"]
 
 #: monotone transforms of the MMD term (log is floored at 1e-12)
 PHIS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -216,3 +217,37 @@ def fit_combined(gaps: pd.DataFrame, truth: pd.DataFrame, weights: Sequence[floa
     choice = {"lambda_t": w, "lambda_m": round(1.0 - w, 2), "phi": phi, "kendall_all_targets": train_kendall,
               "standardize": standardize}
     return CombinedFit(pd.concat(held_out, ignore_index=True), pd.DataFrame(fold_rows), choice, grid)
+
+
+#: the estimators a transferability chapter compares, as they are named on its page
+ESTIMATOR_LABELS = {"combined": "combined (modality + task, LOTO)", "modality": "modality gap only (-MMD)",
+                    "task": "task gap only", "spot": "SPoT", "on": "ON (model stimulation)", "random": "random"}
+
+
+def all_estimates(bank: Mapping[str, Tensor | Prompt], target_prompts: Mapping[str, Tensor | Prompt],
+                  backbone: PromptedViT, mmd: pd.DataFrame, truth: pd.DataFrame, watch: "Stopwatch",
+                  projector_seeds: Sequence[int] = (42, 44, 100), projector_loss: str = "euclidean",
+                  stimulation_layers: int = 3, seed: int = 0) -> tuple[dict[str, pd.DataFrame], "CombinedFit"]:
+    """Every estimator's scores per (source, target) (keys of :data:`ESTIMATOR_LABELS`) and the combined fit.
+
+    ``mmd`` is the modality-gap table (computed before, so its time is already on ``watch``);
+    each estimator's own time is added to ``watch`` under its name.
+    """
+    with watch("task"):
+        task = task_gap_table(bank, target_prompts, seeds=projector_seeds, loss=projector_loss)
+    gaps = mmd.merge(task, on=["source", "target"])
+    with watch("combined fit"):
+        combined = fit_combined(gaps, truth)
+    with watch("spot"):
+        spot = spot_scores(bank, target_prompts)
+    with watch("on"):
+        stimulation = on_scores(backbone, bank, target_prompts, layers=stimulation_layers)
+    with watch("random"):
+        chance = random_scores(list(bank), list(target_prompts), seed=seed)
+    estimates = {
+        "combined": combined.scores,
+        "modality": gaps.assign(score=-gaps["mmd"])[["source", "target", "score"]],
+        "task": gaps.assign(score=gaps["task_score"])[["source", "target", "score"]],
+        "spot": spot, "on": stimulation, "random": chance,
+    }
+    return estimates, combined

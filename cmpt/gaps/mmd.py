@@ -30,7 +30,7 @@ from cmpt.errors import InputError
 from cmpt.prompts import Prompt
 
 __all__ = ["BANDWIDTH_FACTORS", "WidthMismatchError", "check_same_width", "mmd2_batched", "modality_gap",
-           "modality_gap_table", "patch_tokens", "threshold_analysis"]
+           "modality_gap_table", "patch_tokens", "threshold_analysis", "threshold_curve"]
 
 #: multipliers of the base bandwidth s0 (Algorithm 1)
 BANDWIDTH_FACTORS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -183,3 +183,9 @@ def threshold_analysis(pairs: pd.DataFrame, threshold: float | None = None) -> d
                pearson=float(stats.pearsonr(mmd, gain).statistic) if varied and np.ptp(gain) > 0 else float("nan"),
                spearman=float(stats.spearmanr(mmd, gain).statistic) if varied and np.ptp(gain) > 0 else float("nan"))
     return out
+
+
+def threshold_curve(pairs: pd.DataFrame) -> pd.DataFrame:
+    """:func:`threshold_analysis` at every cut between the observed MMD values (one row per cut)."""
+    cuts = np.unique(pairs["mmd"].to_numpy(dtype=float))[:-1]
+    return pd.DataFrame([threshold_analysis(pairs, c) for c in cuts])
