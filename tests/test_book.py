@@ -39,6 +39,23 @@ def _check_theory(rec: dict) -> None:
     keys = [k for k in rec if k.startswith("theory/")]
     assert keys, "the theory chapter recorded nothing"
     assert all(v is not None for k, v in rec.items() if k.startswith("theory/"))
+    claims = ("beats_uniform", "beats_linear_with_decoys", "linear_fails_with_decoys", "linear_fails_with_confusion",
+              "uniform_fails_with_confusion", "self_fails_when_irrelevant_dominate", "three_step_attends")
+    for claim in claims:  # the "What this run shows" table: one verdict, effect and interval per claim
+        assert rec[f"theory/{claim}/verdict"] in ("supported", "contradicted", "inconclusive"), claim
+        low, high = rec[f"theory/{claim}/interval"]
+        assert low <= rec[f"theory/{claim}/effect"] <= high, claim
+        assert rec[f"theory/{claim}/seeds"] >= 2, claim
+    for kind in ("prompt", "linear", "self", "uniform"):
+        assert 0.0 <= rec[f"theory/separated/error/{kind}"] <= 1.0
+    # the smoke run's separated regime: prompt-attention well below uniform averaging, and not contradicted
+    assert rec["theory/separated/error/prompt"] < rec["theory/separated/error/uniform"] - 0.1
+    assert rec["theory/beats_uniform/verdict"] != "contradicted"
+    # decoys take away linear prompt-attention's signal, in the data and in its error
+    assert abs(rec["theory/generator_cross_moment/decoys_1"]) < 0.05
+    assert rec["theory/decoys_max/error/linear"] > rec["theory/decoys_min/error/linear"]
+    assert rec["theory/decoys_max/error/oracle"] < 0.2
+    assert rec["theory/three_step/relevant_mass"] > rec["theory/relevant_fraction"]  # uniform averaging puts k / T
 
 
 def _check_source_prompts(rec: dict) -> None:

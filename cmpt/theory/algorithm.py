@@ -5,7 +5,7 @@ prompt-attention model ``f(X) = w^T X^T softmax(X q)`` (so a step *up* ``C`` is 
 step *down* the linear loss ``-y f``). From ``q0 = 0, w0 = 0``, with ``S1, S2, S3`` of size
 ``n`` each::
 
-    w1 = eta   * grad_w C_S1(0, 0)     = eta (1/n) sum y x_bar          (uniform attention)
+    w1 = eta   * grad_w C_S1(0, 0)     = eta (1/n) sum y x_bar          (uniform averaging)
     q1 = gamma * grad_q C_S2(0, w1)                                      (the prompt)
     w2 = eta   * grad_w C_S3(q1, w1)   = eta (1/n) sum y X^T softmax(X q1)
     b  = -(m_+ + m_-) / 2,  m_pm = mean of f_(q1, w2) over the class pm1 examples of S3   (debiasing)
@@ -66,8 +66,8 @@ def split_three(batch: MixtureBatch) -> tuple[MixtureBatch, MixtureBatch, Mixtur
     parts = []
     for i in range(3):
         take = lambda t, axis: t.narrow(axis, i * n, n)  # noqa: E731  (axis: the sample axis of t)
-        parts.append(MixtureBatch(X=take(batch.X, -3), y=take(batch.y, -1),
-                                  relevant=take(batch.relevant, -2), signs=take(batch.signs, -2)))
+        parts.append(MixtureBatch(X=take(batch.X, -3), y=take(batch.y, -1), relevant=take(batch.relevant, -2),
+                                  signs=take(batch.signs, -2), decoy=take(batch.decoy, -2)))
     return parts[0], parts[1], parts[2]
 
 

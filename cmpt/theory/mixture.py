@@ -20,9 +20,23 @@ fraction is ``k / T``; ``1 <= k < T``), and with ``z_t ~ N(0, I_d)``::
 
 With the default ``kappa`` the irrelevant tokens' label component cancels, *on average over
 the sequence*, the relevant tokens' one when ``delta = 1``: the token mean has label component
-``(k/T) y (1 - delta)`` plus fluctuations, so uniform (linear) attention sees no signal at
+``(k/T) y (1 - delta)`` plus fluctuations, so uniform averaging sees no signal at
 ``delta = 1``. A prompt that scores tokens by ``q_star`` picks the relevant ones whatever
 ``delta`` is.
+
+*Decoys* (``decoys = rho``, default 0) make the irrelevant tokens correlated with the relevant
+ones in the way that defeats linear prompt-attention. Each irrelevant token is, with
+probability ``rho``, a decoy and gains::
+
+    e_t (h q_star - lam y w_star),   e_t ~ Unif{-1, +1},   h = decoy_context * c,
+    lam = k c / ((T - k) h)
+
+A decoy with ``e_t = +1`` carries a weaker copy of the context cue and the *opposite* label;
+one with ``e_t = -1`` the reverse. Its product ``<x_t, q_star> <x_t, w_star>`` is ``-h lam y``
+whatever ``e_t``, so over a sequence the decoys cancel a fraction ``rho`` of the relevant
+tokens' ``k c y``: at ``rho = 1`` the token second moments ``X^T X`` carry no label in
+expectation, while the softmax, which ranks context scores ``c > h``, still finds the
+relevant tokens. The decoys add nothing to the token mean in expectation (``e_t`` has mean 0).
 
 Choices this project made (the paper's exact construction is not confirmed here):
 
@@ -31,6 +45,9 @@ Choices this project made (the paper's exact construction is not confirmed here)
   ``+w_star`` and ``-w_star`` tokens in opposite orders for the two classes;
 * the confusion ``delta`` is a sign correlation of the irrelevant tokens' label component,
   pointed *against* the relevant tokens, scaled by ``kappa`` so that ``delta=1`` cancels exactly;
+* the decoys are this project's construction of "relevant and irrelevant tokens are
+  correlated" for linear prompt-attention; ``delta`` alone correlates only the label parts,
+  which the context score ``<x_t, q_star>`` does not see;
 * all noise is isotropic Gaussian of level ``sigma`` on every token.
 """
 
@@ -41,7 +58,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["MixtureSpec", "MixtureBatch", "directions", "sample_mixture", "sample_replicas", "token_statistics"]
+__all__ = ["MixtureSpec", "MixtureBatch", "directions", "sample_mixture", "sample_replicas", "token_statistics",
+           "expected_statistics"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,8 @@ class MixtureSpec:
     context: float = 1.0  # c: strength of the context direction on relevant tokens
     nuisance: float = 1.0  # a: norm of mu_irrelevant = a u
     kappa: float | None = None  # label weight of irrelevant tokens; None -> k / (T - k)
+    decoys: float = 0.0  # rho: probability that an irrelevant token is a decoy
+    decoy_context: float = 0.25  # h / c: a decoy's context score relative to a relevant token's
     basis_seed: int = 0  # draws q_star, w_star, u (shared by every sample of this spec)
 
     def __post_init__(self) -> None:
@@ -67,6 +87,11 @@ class MixtureSpec:
             raise ValueError(f"delta must lie in [-1, 1], got {self.delta}")
         if self.sigma < 0:
             raise ValueError(f"sigma must be non-negative, got {self.sigma}")
+        if not 0.0 <= self.decoys <= 1.0:
+            raise ValueError(f"decoys must lie in [0, 1], got {self.decoys}")
+        if self.decoys > 0 and not 0.0 < self.decoy_context < 1.0:
+            raise ValueError(f"decoy_context must lie in (0, 1) so relevant tokens outscore decoys, "
+                             f"got {self.decoy_context}")
 
     @property
     def k(self) -> int:
@@ -77,6 +102,11 @@ class MixtureSpec:
     def label_weight(self) -> float:
         """``kappa``: the label weight carried by each irrelevant token."""
         return self.kappa if self.kappa is not None else self.k / (self.T - self.k)
+
+    @property
+    def decoy_label_weight(self) -> float:
+        """``lam``: a decoy's label weight, so that ``rho = 1`` cancels ``k c`` exactly."""
+        return self.k * self.context / ((self.T - self.k) * self.decoy_context * self.context)
 
     def replace(self, **changes: Any) -> "MixtureSpec":
         return replace(self, **changes)
@@ -90,6 +120,7 @@ class MixtureBatch:
     y: torch.Tensor  # [..., n], float in {-1, +1}
     relevant: torch.Tensor  # [..., n, T], bool
     signs: torch.Tensor  # [..., n, T], s_t on irrelevant tokens, 0 on relevant ones
+    decoy: torch.Tensor  # [..., n, T], bool: irrelevant tokens that are decoys
 
     def __len__(self) -> int:
         return int(self.y.shape[-1])
@@ -120,8 +151,14 @@ def sample_mixture(spec: MixtureSpec, n: int, seed: int) -> MixtureBatch:
     noise = torch.randn(n, T, d, generator=gen)
     rel_tok = spec.context * dirs["q_star"] + y[:, None, None] * dirs["w_star"]
     irr_tok = (r[..., None] * spec.nuisance) * dirs["u"] - (spec.label_weight * s[..., None]) * dirs["w_star"]
+    # decoy draws come last so that decoys=0 leaves every other draw as it was
+    decoy = (torch.rand(n, T, generator=gen) < spec.decoys) & ~relevant
+    e = _pm1((n, T), 0.5, gen)
+    h = spec.decoy_context * spec.context
+    decoy_part = e[..., None] * (h * dirs["q_star"] - spec.decoy_label_weight * y[:, None, None] * dirs["w_star"])
+    irr_tok = irr_tok + decoy[..., None] * decoy_part
     X = torch.where(relevant[..., None], rel_tok.expand(n, T, d), irr_tok) + spec.sigma * noise
-    return MixtureBatch(X=X, y=y, relevant=relevant, signs=torch.where(relevant, 0.0, s))
+    return MixtureBatch(X=X, y=y, relevant=relevant, signs=torch.where(relevant, 0.0, s), decoy=decoy)
 
 
 def sample_replicas(specs: list[MixtureSpec], n: int, seeds: list[int]) -> MixtureBatch:
@@ -129,7 +166,7 @@ def sample_replicas(specs: list[MixtureSpec], n: int, seeds: list[int]) -> Mixtu
     if len(specs) != len(seeds):
         raise ValueError("specs and seeds must have the same length")
     parts = [sample_mixture(spec, n, seed) for spec, seed in zip(specs, seeds)]
-    return MixtureBatch(*(torch.stack([getattr(p, f) for p in parts]) for f in ("X", "y", "relevant", "signs")))
+    return MixtureBatch(*(torch.stack([getattr(p, f) for p in parts]) for f in ("X", "y", "relevant", "signs", "decoy")))
 
 
 def token_statistics(batch: MixtureBatch, spec: MixtureSpec) -> dict[str, float]:
@@ -146,4 +183,24 @@ def token_statistics(batch: MixtureBatch, spec: MixtureSpec) -> dict[str, float]
         "mean_token_label_signal": (batch.y * (mean_token @ dirs["w_star"])).mean().item(),
         # E[<x_t, q_star>] on relevant tokens; theory: context
         "relevant_context": (batch.X @ dirs["q_star"])[batch.relevant].mean().item(),
+        # share of irrelevant tokens that are decoys; theory: decoys
+        "decoy_fraction": batch.decoy[irrelevant].float().mean().item(),
+        # E[y (1/T) sum_t <x_t, q_star> <x_t, w_star>]; theory: (k/T) c (1 - decoys)
+        "cross_moment_label_signal": (batch.y * ((batch.X @ dirs["q_star"]) * (batch.X @ dirs["w_star"])).mean(-1))
+        .mean().item(),
+    }
+
+
+def expected_statistics(spec: MixtureSpec) -> dict[str, float]:
+    """What :func:`token_statistics` should return for a large sample of ``spec``."""
+    zeta = spec.k / spec.T
+    return {
+        "relevant_fraction": zeta,
+        "positive_fraction": 0.5,
+        "irrelevant_sign_correlation": spec.delta,
+        # zeta (1 - delta) with the default kappa
+        "mean_token_label_signal": zeta - (1 - zeta) * spec.label_weight * spec.delta,
+        "relevant_context": spec.context,
+        "decoy_fraction": spec.decoys,
+        "cross_moment_label_signal": zeta * spec.context * (1 - spec.decoys),
     }

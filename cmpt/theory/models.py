@@ -1,16 +1,22 @@
-"""Three one-layer attention models with the same linear head, and their full-batch training.
+"""Four one-layer attention models with the same linear head, and their full-batch training.
 
 For one example ``X`` (``T x d``, rows are tokens) and head ``w`` in R^d:
 
 ``prompt``   prompt-attention  ``f(X) = w^T X^T softmax(X W q)`` with the key matrix ``W = I``
              fixed. A trainable ``W`` would only ever appear through the product ``W q``, so
              learning ``q`` alone spans the same functions; the prompt ``q`` is the single query.
+``linear``   linear prompt-attention: the same with the softmax removed, the scores ``X q``
+             weight the tokens directly, ``f(X) = w^T X^T (X q) / T``
+             ``= (1/T) sum_t <x_t, q> <x_t, w>``. It is a bilinear form of the token second
+             moments ``X^T X / T``; at ``q = 0`` it is identically zero (not the mean token).
 ``self``     self-attention, mean-pooled: every token is a query,
              ``f(X) = w^T (1/T) sum_t X^T softmax(X W x_t)`` with trainable ``W`` (``d x d``);
              the value is the token itself (no value matrix) and the read-out is the mean over
              query positions (no CLS token).
-``uniform``  linear / uniform attention: ``f(X) = w^T (1/T) sum_t x_t`` — prompt-attention
-             with ``q = 0``, the attention a softmax gives before it has learned anything.
+``uniform``  uniform averaging (``q = 0``): ``f(X) = w^T (1/T) sum_t x_t`` — prompt-attention
+             with ``q = 0``, the attention a softmax gives before it has learned anything. It reads
+             the token mean only, so it is weaker than prompt-attention and different from
+             linear prompt-attention.
 
 Every tensor may carry leading *replica* axes (``X: [R, n, T, d]``, ``w, q: [R, d]``,
 ``W: [R, d, d]``): replicas share nothing but the optimiser call, so one Adam run trains
@@ -30,12 +36,12 @@ from cmpt.theory.mixture import MixtureBatch
 __all__ = ["KINDS", "AttentionParams", "init_params", "attention", "forward", "relevant_mass",
            "error_rate", "train"]
 
-KINDS = ("prompt", "self", "uniform")
+KINDS = ("prompt", "linear", "self", "uniform")
 
 
 @dataclass
 class AttentionParams:
-    """Parameters of one of :data:`KINDS`; ``q`` only for ``prompt``, ``W`` only for ``self``.
+    """Parameters of one of :data:`KINDS`; ``q`` for ``prompt`` and ``linear``, ``W`` only for ``self``.
 
     ``b`` is an optional scalar offset per replica (``f + b``); trained models have none, the
     three-step algorithm sets it when it debiases.
@@ -62,15 +68,19 @@ def init_params(kind: str, d: int, replicas: tuple[int, ...] = (), seed: int = 0
         raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(KINDS)}")
     gen = torch.Generator().manual_seed(seed)
     draw = lambda *shape: scale * torch.randn(*replicas, *shape, generator=gen)  # noqa: E731
-    return AttentionParams(kind, w=draw(d), q=draw(d) if kind == "prompt" else None,
+    return AttentionParams(kind, w=draw(d), q=draw(d) if kind in ("prompt", "linear") else None,
                            W=draw(d, d) if kind == "self" else None)
 
 
 def attention(params: AttentionParams, X: torch.Tensor) -> torch.Tensor:
-    """Attention weights: ``[..., n, T]`` (prompt, uniform) or ``[..., n, T_query, T_key]`` (self)."""
-    if params.kind == "prompt":
+    """Token weights: ``[..., n, T]`` (prompt, linear, uniform) or ``[..., n, T_query, T_key]`` (self).
+
+    Softmax weights sum to one; the weights of ``linear`` are the raw scores ``<x_t, q> / T``
+    and need not be positive or sum to one.
+    """
+    if params.kind in ("prompt", "linear"):
         scores = torch.einsum("...td,...d->...t", X, params.q.unsqueeze(-2))
-        return scores.softmax(dim=-1)
+        return scores.softmax(dim=-1) if params.kind == "prompt" else scores / X.shape[-2]
     if params.kind == "self":
         scores = (X @ params.W.unsqueeze(-3)) @ X.transpose(-1, -2)  # [.., n, query t, key s] = x_t^T W x_s
         return scores.softmax(dim=-1)
@@ -91,9 +101,15 @@ def forward(params: AttentionParams, X: torch.Tensor) -> torch.Tensor:
 
 
 def relevant_mass(params: AttentionParams, batch: MixtureBatch) -> torch.Tensor:
-    """Mean attention mass on relevant tokens per replica (self: averaged over queries)."""
+    """Mean attention mass on relevant tokens per replica (self: averaged over queries).
+
+    For ``linear`` the weights are not a distribution; its mass is the share of the absolute
+    weights ``|<x_t, q>|`` that falls on relevant tokens, so that it reads like the others.
+    """
     with torch.no_grad():
         weights = attention(params, batch.X)
+        if params.kind == "linear":
+            weights = weights.abs() / weights.abs().sum(-1, keepdim=True).clamp_min(1e-12)
         rel = batch.relevant.to(weights.dtype)
         if params.kind == "self":
             return (weights * rel.unsqueeze(-2)).sum(-1).mean(dim=(-1, -2))

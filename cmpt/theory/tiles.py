@@ -21,7 +21,7 @@ each tile token classifying its own digit (no frames, no notion of relevance). I
   tokens ``X`` and a linear head reads the result, ``f(X) = U^T X^T softmax(X q) + b`` — the
   prompt-attention model of :mod:`cmpt.theory.models` on real features, with ``W = I``;
   only ``q, U, b`` learn;
-* **linearly probed** on the mean of the four tile tokens (uniform attention), for reference;
+* **linearly probed** on the mean of the four tile tokens (uniform averaging, q = 0), for reference;
 * **fine-tuned**: every backbone parameter plus a new linear head on the CLS token.
 
 What we report for each: test accuracy and attention mass on the relevant tile (prompt: its
@@ -45,7 +45,10 @@ from cmpt.backbones.vision import record_attention
 __all__ = ["CONSTRUCTIONS", "TILE", "DigitPools", "TileSet", "digit_pools", "make_tiles", "tiny_tile_vit",
            "pretrain_backbone", "backbone_tile_accuracy", "tile_tokens", "PromptAttentionHead", "train_head",
            "fine_tune",
-           "fine_tuned_tile_attention", "run_tiles"]
+           "fine_tuned_tile_attention", "run_tiles", "METHOD_SLUGS", "tile_means"]
+
+#: short names of the three adaptation methods, for record keys
+METHOD_SLUGS = {"prompt-tuning": "prompt", "linear probe (uniform averaging)": "uniform", "fine-tuning": "finetune"}
 
 TILE = 10  # pixels per tile side (8 x 8 digit + 1-pixel margin)
 GRID = 2  # tiles per side
@@ -291,7 +294,7 @@ def run_tiles(constructions: tuple[str, ...], n_train: tuple[int, ...], n_test: 
             for n in n_train:
                 train = make_tiles(construction, n, pools.train_images, pools.train_labels, seed=seed * 1000 + n)
                 train_tokens = tile_tokens(vit, train.images)
-                for method, uniform in (("prompt-tuning", False), ("linear probe (uniform)", True)):
+                for method, uniform in (("prompt-tuning", False), ("linear probe (uniform averaging)", True)):
                     head = train_head(train_tokens, train.labels, train.n_classes, uniform=uniform,
                                       steps=head_steps, seed=seed)
                     with torch.no_grad():
@@ -306,3 +309,14 @@ def run_tiles(constructions: tuple[str, ...], n_train: tuple[int, ...], n_test: 
                 rows.append(dict(construction=construction, method="fine-tuning", n_train=n, seed=seed,
                                  accuracy=acc, relevant_tile_mass=mass))
     return pd.DataFrame(rows), facts
+
+
+def tile_means(runs: pd.DataFrame, value: str, n_train: int | None = None) -> pd.DataFrame:
+    """Mean of ``value`` over seeds: rows (construction, n_train), one column per method.
+
+    With ``n_train``, only that training-set size (rows: construction).
+    """
+    if n_train is not None:
+        runs = runs[runs.n_train == n_train]
+        return runs.groupby(["construction", "method"])[value].mean().unstack("method")
+    return runs.groupby(["construction", "n_train", "method"])[value].mean().unstack("method")
