@@ -7,6 +7,10 @@ layout, training summary). On disk it is one safetensors file: the tensor under 
 Importers cover the published Su et al. (2022) RoBERTa prompts (``torch.save``d plain
 tensors, read with ``weights_only=True``) and the PEFT prompt-tuning layout
 (``adapter_model.safetensors`` with ``prompt_embeddings`` + ``adapter_config.json``).
+
+Every loader either returns a well-formed :class:`Prompt` or raises one :class:`PromptError`
+whose one-line message names the file: truncated or corrupt bytes, metadata or a config that
+disagrees with the tensor, a pickle that is not plain tensors.
 """
 
 from __future__ import annotations
@@ -76,9 +80,16 @@ class Prompt:
             raise PromptError(f"a prompt must be a non-empty [length, width] tensor, got shape {tuple(self.tensor.shape)}")
         if not self.tensor.is_floating_point():
             raise PromptError(f"a prompt must hold floats, got {self.tensor.dtype}")
-        if not torch.isfinite(self.tensor).all():
+        # convert first: isfinite has no kernel for the float8 types, and a float64 value may overflow float32
+        tensor = self.tensor.detach().to(torch.float32).contiguous()
+        if not torch.isfinite(tensor).all():
             raise PromptError("the prompt holds NaN or infinite values")
-        self.tensor = self.tensor.detach().to(torch.float32).contiguous()
+        for name in ("source_backbone", "task", "group", "layout"):
+            if not isinstance(getattr(self, name), str):
+                raise PromptError(f"a prompt's {name} must be a string, got {getattr(self, name)!r:.60}")
+        if not isinstance(self.training, dict):
+            raise PromptError(f"a prompt's training summary must be a dict, got {type(self.training).__name__}")
+        self.tensor = tensor
 
     @property
     def length(self) -> int:
@@ -113,35 +124,93 @@ def save_prompt(prompt: Prompt, path: str | Path) -> Path:
 
 
 def load_prompt(path: str | Path) -> Prompt:
-    """Read a prompt written by :func:`save_prompt`."""
+    """Read a prompt written by :func:`save_prompt`; :class:`PromptError` for any file that is not one."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise PromptError(f"no prompt file at {path}")
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta_text = (handle.metadata() or {}).get("cmpt_prompt")
             if "prompt" not in handle.keys():
-                raise PromptError(f"{path} holds no 'prompt' tensor (keys: {list(handle.keys())})")
+                raise PromptError(f"{path} holds no 'prompt' tensor (keys: {_keys(handle.keys())}); "
+                                  "write prompts with cmpt.prompts.save_prompt")
             tensor = handle.get_tensor("prompt")
-    except SafetensorError as err:
-        raise PromptError(f"{path} is not a valid safetensors file: {err}") from err
-    meta = json.loads(meta_text) if meta_text else {}
+    except (SafetensorError, OSError) as err:
+        raise PromptError(f"{path} is not a valid safetensors file (truncated or corrupt?): {_detail(err)}; "
+                          "write it again with cmpt.prompts.save_prompt") from None
+    meta = _prompt_metadata(path, meta_text)
     fields = {k: meta[k] for k in ("source_backbone", "task", "group", "layout", "training") if k in meta}
-    return Prompt(tensor, **fields)
+    prompt = _prompt(path, tensor, **fields)
+    for key, actual in (("length", prompt.length), ("width", prompt.width)):
+        if key in meta and (not _is_int(meta[key]) or meta[key] != actual):
+            raise PromptError(f"{path}: its metadata says {key} {meta[key]!r:.40} but the tensor is "
+                              f"{prompt.length} x {prompt.width}; the file was altered, write it again")
+    return prompt
 
 
-def _load_plain_tensor(path: Path) -> torch.Tensor:
+def _prompt_metadata(path: Path, text: str | None) -> dict[str, Any]:
+    """The ``cmpt_prompt`` metadata of a prompt file (empty when it has none)."""
+    if text is None:
+        return {}
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise PromptError(f"{path}: its cmpt_prompt metadata is not valid JSON ({_detail(err)}); "
+                          "write the file again with cmpt.prompts.save_prompt") from None
+    if not isinstance(meta, dict):
+        raise PromptError(f"{path}: its cmpt_prompt metadata is a {type(meta).__name__}, not an object")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if not _is_int(version) or not 1 <= version <= FORMAT_VERSION:
+        raise PromptError(f"{path}: prompt format version {version!r:.40} is not one this cmpt reads "
+                          f"(1..{FORMAT_VERSION}); update cmpt or write the file again")
+    return meta
+
+
+def _prompt(path: Path, tensor: Any, **fields: Any) -> Prompt:
+    """A :class:`Prompt` from a file's contents; a refusal names the file."""
+    try:
+        return Prompt(tensor, **fields)
+    except PromptError as err:
+        raise PromptError(f"{path}: {err}") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _keys(keys: Any) -> str:
+    names = sorted(map(repr, keys))  # repr: a key may hold any character, a newline too
+    return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") if names else "none"
+
+
+def _detail(err: BaseException) -> str:
+    """An exception's message on one short line (library messages can span several)."""
+    return " ".join(str(err).split())[:200] or type(err).__name__
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)``; :class:`PromptError` when the file is hostile or unreadable.
+
+    ``weights_only`` only rebuilds tensors and plain containers, never arbitrary objects.
+    """
+    if not path.is_file():
+        raise PromptError(f"no checkpoint file at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise PromptError(
             f"{path} is not a plain tensor checkpoint; refusing to unpickle it "
-            f"(it may run code). Save prompts with cmpt.prompts.save_prompt. Detail: {str(err)[:200]}"
-        ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise PromptError(f"{path} could not be read as a torch checkpoint (corrupt or truncated?): {err}") from err
+            f"(it may run code). Save prompts with cmpt.prompts.save_prompt. Detail: {_detail(err)}"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - torch's reader fails on a damaged file with many types
+        raise PromptError(f"{path} could not be read as a torch checkpoint (corrupt or truncated?): "
+                          f"{type(err).__name__}: {_detail(err)}") from None
+
+
+def _load_plain_tensor(path: Path) -> torch.Tensor:
+    obj = _torch_load(path)
     if isinstance(obj, dict) and len(obj) == 1:  # {"prompt": tensor}-style wrappers
         (obj,) = obj.values()
     if not isinstance(obj, torch.Tensor):
@@ -159,8 +228,8 @@ def import_su2022(path: str | Path, backbone: str = "roberta-base") -> Prompt | 
         prompts = [import_su2022(f, backbone) for f in files]
         return {p.task: p for p in prompts}  # type: ignore[union-attr]
     task, group = SU2022_TASKS.get(path.stem, (path.stem.lower(), ""))
-    return Prompt(_load_plain_tensor(path), source_backbone=backbone, task=task, group=group,
-                  layout="prepend", training={"origin": "Su et al. 2022 (published)", "file": path.name})
+    return _prompt(path, _load_plain_tensor(path), source_backbone=backbone, task=task, group=group,
+                   layout="prepend", training={"origin": "Su et al. 2022 (published)", "file": path.name})
 
 
 def export_peft(prompt: Prompt, folder: str | Path, base_model: str | None = None) -> Path:
@@ -185,27 +254,68 @@ def export_peft(prompt: Prompt, folder: str | Path, base_model: str | None = Non
 
 
 def import_peft(folder: str | Path, task: str = "unknown") -> Prompt:
-    """Read a PEFT prompt-tuning adapter folder (safetensors or a plain-tensor ``.bin``)."""
-    from safetensors.torch import load_file
+    """Read a PEFT prompt-tuning adapter folder (safetensors or a plain-tensor ``.bin``).
 
+    The tensor must agree with the config: ``num_virtual_tokens`` (times
+    ``num_transformer_submodules``) rows of ``token_dim`` columns.
+    """
     folder = Path(folder)
     config_path = folder / "adapter_config.json"
-    if not config_path.exists():
+    if not config_path.is_file():
         raise PromptError(f"{folder} has no adapter_config.json: not a PEFT adapter folder")
-    config = json.loads(config_path.read_text())
-    if config.get("peft_type") != "PROMPT_TUNING":
-        raise PromptError(f"{folder} is a {config.get('peft_type')!r} adapter, not PROMPT_TUNING")
+    config = _peft_config(config_path)
     if (folder / "adapter_model.safetensors").exists():
-        tensors = load_file(str(folder / "adapter_model.safetensors"))
+        weights = folder / "adapter_model.safetensors"
+        tensors = _peft_safetensors(weights)
     elif (folder / "adapter_model.bin").exists():
-        loaded = torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
-        tensors = loaded if isinstance(loaded, dict) else {}
+        weights = folder / "adapter_model.bin"
+        tensors = _torch_load(weights)
+        if not isinstance(tensors, dict):
+            raise PromptError(f"{weights} holds a {type(tensors).__name__}, not a dict of tensors; "
+                              "export the adapter again with PEFT's save_pretrained")
     else:
         raise PromptError(f"{folder} holds no adapter_model.safetensors or adapter_model.bin")
     if "prompt_embeddings" not in tensors:
-        raise PromptError(f"{folder} adapter holds no 'prompt_embeddings' (keys: {sorted(tensors)})")
-    tensor = tensors["prompt_embeddings"]
-    if tensor.shape[0] != config.get("num_virtual_tokens", tensor.shape[0]):
-        raise PromptError(f"{folder}: prompt has {tensor.shape[0]} tokens, config says {config['num_virtual_tokens']}")
-    return Prompt(tensor, source_backbone=str(config.get("base_model_name_or_path", "unknown")), task=task,
-                  training={"origin": "peft", "config": config})
+        raise PromptError(f"{weights} holds no 'prompt_embeddings' (keys: {_keys(tensors)}); "
+                          "is it a prompt-tuning adapter?")
+    backbone = config.get("base_model_name_or_path")
+    prompt = _prompt(weights, tensors["prompt_embeddings"], task=task,
+                     source_backbone="unknown" if backbone is None else str(backbone),
+                     training={"origin": "peft", "config": config})
+    tokens = config.get("num_virtual_tokens", prompt.length) * config.get("num_transformer_submodules", 1)
+    if "num_virtual_tokens" in config and prompt.length != tokens:
+        raise PromptError(f"{folder}: the prompt has {prompt.length} tokens but adapter_config.json says "
+                          f"{tokens} (num_virtual_tokens x num_transformer_submodules); "
+                          "the two files do not belong together")
+    if prompt.width != config.get("token_dim", prompt.width):
+        raise PromptError(f"{folder}: the prompt is {prompt.width} wide but adapter_config.json says token_dim "
+                          f"{config['token_dim']}; the two files do not belong together")
+    return prompt
+
+
+def _peft_config(path: Path) -> dict[str, Any]:
+    """A PEFT prompt-tuning ``adapter_config.json``, its sizes checked to be counts."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON, bytes that are not UTF-8
+        raise PromptError(f"{path} is not valid JSON (truncated or corrupt?): {_detail(err)}; "
+                          "export the adapter again") from None
+    if not isinstance(config, dict):
+        raise PromptError(f"{path} holds a JSON {type(config).__name__}, not an object: not a PEFT adapter config")
+    if config.get("peft_type") != "PROMPT_TUNING":
+        raise PromptError(f"{path} is a {config.get('peft_type')!r:.40} adapter, not PROMPT_TUNING")
+    for key in ("num_virtual_tokens", "token_dim", "num_transformer_submodules"):
+        if key in config and not (_is_int(config[key]) and config[key] >= 1):
+            raise PromptError(f"{path}: {key} is {config[key]!r:.40}, not a positive integer")
+    return config
+
+
+def _peft_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise PromptError(f"{path} is not a valid safetensors file (truncated or corrupt?): {_detail(err)}; "
+                          "export the adapter again") from None

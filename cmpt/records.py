@@ -8,12 +8,12 @@ caller can assert on what the notebook computed without parsing its outputs.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 from cmpt.atomic import write_atomic
+from cmpt.jsonable import to_jsonable
 
 __all__ = ["ENV_VAR", "load_records", "record"]
 
@@ -21,22 +21,9 @@ ENV_VAR = "CMPT_RECORDS"
 _memory: dict[str, Any] = {}
 
 
-def _plain(value: Any) -> Any:
-    """Make numpy/torch scalars and arrays JSON-friendly."""
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def record(name: str, value: Any) -> Any:
     """Record ``value`` under ``name`` (and return it, so a cell can display it)."""
-    plain = _plain(value)
+    plain = to_jsonable(value)  # NaN is written as null
     _memory[name] = plain
     path = os.environ.get(ENV_VAR)
     if path:

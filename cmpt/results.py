@@ -41,10 +41,11 @@ from tqdm.auto import tqdm
 
 from cmpt.assets import cache_dir
 from cmpt.atomic import write_atomic
-from cmpt.errors import InputError
-from cmpt.records import _plain
+from cmpt.errors import CmptError, InputError
+from cmpt.jsonable import NonFiniteError, to_jsonable
 
-__all__ = ["RESULTS_ENV", "results_root", "CorruptRecordError", "ResultsStore", "RunConfig", "canonical_config", "config_hash", "run_missing"]
+__all__ = ["RESULTS_ENV", "results_root", "CorruptRecordError", "ResultsStore", "RunConfig", "RunFailedError",
+           "canonical_config", "config_hash", "run_missing"]
 
 #: What a configuration may be: a mapping of names to JSON-like values, or a dataclass.
 RunConfig = Union[Mapping[str, Any], Any]
@@ -65,6 +66,14 @@ class CorruptRecordError(InputError):
             f"corrupt results record {self.path}: {reason}. "
             f"Delete this file to re-run that configuration (or read with on_corrupt='warn' to skip it)."
         )
+
+
+class RunFailedError(CmptError):
+    """A run that finished without a usable result (a final metric that is NaN or infinite).
+
+    It is recorded in the store as a failed run, like any exception of the run function, so a
+    sweep counts it as failed and runs it again next time.
+    """
 
 
 def canonical_config(config: RunConfig) -> dict[str, Any]:
@@ -209,29 +218,22 @@ class ResultsStore:
     def _load(self, path: Path) -> dict[str, Any]:
         """Read and check one record; raises :class:`CorruptRecordError`."""
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CorruptRecordError(path, f"not valid JSON ({err})") from None
-        if not isinstance(record, dict):
-            raise CorruptRecordError(path, "not a JSON object")
-        missing = [k for k in ("config", "hash", "status") if k not in record]
-        if missing:
-            raise CorruptRecordError(path, f"missing field(s) {', '.join(missing)}")
-        if record["status"] not in STATUSES:
-            raise CorruptRecordError(path, f"status {record['status']!r} is not one of {', '.join(STATUSES)}")
-        if not isinstance(record["config"], dict):
-            raise CorruptRecordError(path, "'config' is not an object")
-        if record["status"] == "done" and not isinstance(record.get("final"), dict):
-            raise CorruptRecordError(path, "a finished run without a 'final' object")
-        if not isinstance(record.get("metrics_per_epoch", []), list):
-            raise CorruptRecordError(path, "'metrics_per_epoch' is not a list")
+            record = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant,
+                                parse_float=_finite_float)
+        except _NonFiniteNumber as err:
+            raise CorruptRecordError(path, str(err)) from None
+        except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON, bytes that are not UTF-8
+            raise CorruptRecordError(path, f"not valid JSON ({' '.join(str(err).split())[:160]})") from None
+        problem = _schema_problem(record)
+        if problem:
+            raise CorruptRecordError(path, problem)
         try:
             actual = config_hash(record["config"])
-        except TypeError as err:
+        except (TypeError, RecursionError) as err:
             raise CorruptRecordError(path, f"unreadable config ({err})") from None
         if record["hash"] != actual or path.stem != actual:
             raise CorruptRecordError(
-                path, f"hash mismatch: file {path.stem}, stored {record['hash']}, config hashes to {actual}"
+                path, f"hash mismatch: file {path.stem}, stored {_short(record['hash'])}, config hashes to {actual}"
             )
         return record
 
@@ -294,16 +296,29 @@ class ResultsStore:
         write_atomic(path, write)
 
     def put(self, config: RunConfig, record: Mapping[str, Any]) -> dict[str, Any]:
-        """Store a finished run. ``record`` needs ``final``; other fields are filled in."""
+        """Store a finished run. ``record`` needs ``final``; other fields are filled in.
+
+        A final metric that is NaN or infinite is no result: the run is recorded as failed,
+        with the metric named in its ``error``, and :class:`RunFailedError` is raised. In
+        ``metrics_per_epoch`` such a number is kept as null (an epoch may diverge and recover).
+        """
         if not isinstance(record.get("final"), Mapping):
             raise TypeError("a finished run's record needs a 'final' dict of metrics")
         canon = canonical_config(config)
+        try:
+            final = to_jsonable(dict(record["final"]), nonfinite="raise")
+        except NonFiniteError as err:
+            reason = f"final metric {err.where!r} is {err.value}"
+            self.mark_failed(canon, f"{RunFailedError.__name__}: {reason}", int(record.get("attempts") or 1))
+            raise RunFailedError(f"run {config_hash(canon)} failed: {reason} (did training diverge?); "
+                                 f"recorded as failed in {self.path(canon)}, so the next sweep runs it again") from None
         full = {
             "metrics_per_epoch": [],
             "wall_time_s": None,
             "attempts": 1,
             "error": None,
-            **_plain(dict(record)),
+            **to_jsonable(dict(record)),
+            "final": final,
             "config": canon,
             "hash": config_hash(canon),
             "status": "done",
@@ -334,10 +349,11 @@ class ResultsStore:
     def run(self, config: RunConfig, fn: Callable[[Any], Mapping[str, Any]], retries: int = 0) -> dict[str, Any]:
         """The stored record of ``config`` if it finished, else run ``fn(config)`` and store it.
 
-        ``fn`` returns ``{"final": {...}, "metrics_per_epoch": [...]}``. An exception is recorded
-        (status ``failed``, traceback) and ``fn`` is tried up to ``retries`` more times before
-        the exception is re-raised. ``attempts`` counts tries across invocations. A
-        KeyboardInterrupt is re-raised at once and recorded nowhere: the run is just missing.
+        ``fn`` returns ``{"final": {...}, "metrics_per_epoch": [...]}``. An exception, or a final
+        metric that is NaN or infinite (:class:`RunFailedError`), is recorded (status ``failed``,
+        traceback) and ``fn`` is tried up to ``retries`` more times before the exception is
+        re-raised. ``attempts`` counts tries across invocations. A KeyboardInterrupt is
+        re-raised at once and recorded nowhere: the run is just missing.
         """
         previous = self.get(config)
         if previous is not None and previous["status"] == "done":
@@ -361,6 +377,83 @@ class ResultsStore:
                 if attempt == retries:
                     raise
         raise AssertionError("unreachable")
+
+
+class _NonFiniteNumber(ValueError):
+    """A record holding NaN or an infinite number (the store never writes one)."""
+
+
+def _refuse_constant(text: str) -> float:
+    raise _NonFiniteNumber(f"holds the non-finite number {text}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFiniteNumber(f"holds the number {text[:40]}, which is out of range")
+    return value
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` on one line, cut to about ``limit`` characters (a message stays one line)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+#: fields of a record besides config/hash/status: (check, what it must be); a missing field is fine
+RECORD_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "metrics_per_epoch": (lambda v: isinstance(v, list) and all(isinstance(row, dict) for row in v),
+                          "a list of objects"),
+    "wall_time_s": (lambda v: v is None or (_is_number(v) and v >= 0), "null or a number >= 0"),
+    "attempts": (lambda v: v is None or _is_count(v), "null or a count"),
+    "error": (lambda v: v is None or isinstance(v, str), "null or a string"),
+    "finished_at": (lambda v: v is None or isinstance(v, str), "null or a string"),
+    "versions": (lambda v: isinstance(v, dict), "an object"),
+}
+
+#: the final metrics that later steps read back, and what each must be when present
+FINAL_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{name: (lambda v: v is None or _is_number(v), "null or a number")
+       for name in ("test_acc", "val_acc", "val_loss", "train_loss", "retrained_test_acc")},
+    **{name: (_is_count, "a count") for name in ("best_epoch", "n_trainable", "n_train")},
+    **{name: (lambda v: isinstance(v, str), "a string") for name in ("prompt_file", "group", "selection", "protocol")},
+    "query_attention": (lambda v: isinstance(v, list), "a list"),
+}
+
+
+def _schema_problem(record: Any) -> str | None:
+    """What is wrong with a parsed record, or None when it has the store's schema."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [k for k in ("config", "hash", "status") if k not in record]
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    if record["status"] not in STATUSES:
+        return f"status {_short(record['status'])} is not one of {', '.join(STATUSES)}"
+    if not isinstance(record["config"], dict):
+        return "'config' is not an object"
+    if not isinstance(record["hash"], str):
+        return "'hash' is not a string"
+    final = record.get("final")
+    if record["status"] == "done" and not isinstance(final, dict):
+        return "a finished run without a 'final' object"
+    if final is not None and not isinstance(final, dict):
+        return "'final' is neither an object nor null"
+    for name, (ok, what) in RECORD_FIELDS.items():
+        if name in record and not ok(record[name]):
+            return f"{name!r} is {_short(record[name])}, not {what}"
+    for name, (ok, what) in FINAL_FIELDS.items():
+        if final and name in final and not ok(final[name]):
+            return f"final metric {name!r} is {_short(final[name])}, not {what}"
+    return None
 
 
 def _safe_stem(name: str) -> str:

@@ -1,10 +1,15 @@
 import json
+import math
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
+import torch
 
-from cmpt.results import CorruptRecordError, ResultsStore, canonical_config, config_hash, run_missing
+from cmpt.errors import CmptError, InputError
+from cmpt.jsonable import NonFiniteError, to_jsonable
+from cmpt.results import CorruptRecordError, ResultsStore, RunFailedError, canonical_config, config_hash, run_missing
 
 
 def _configs(n: int) -> list[dict]:
@@ -169,3 +174,109 @@ def test_table_columns(tmp_path):
     assert table.loc[0, "sizes"] == (1, 2) and table.loc[0, "final.seed"] == 3
     assert set(store.table(flatten=False).columns) == {"hash", "setting", "seed", "opt", "sizes", "test_acc",
                                                        "val_acc", "final.seed", "wall_time_s"}
+
+
+# ----------------------------------------------------------------------------- non-finite results
+
+def test_a_nan_final_metric_makes_a_failed_run(tmp_path):
+    store = ResultsStore(tmp_path)
+    config = _configs(1)[0]
+
+    def diverged(cfg):
+        return {"final": {"test_acc": float("nan"), "val_acc": 0.5},
+                "metrics_per_epoch": [{"epoch": 1, "train_loss": float("nan")}]}
+
+    with pytest.raises(RunFailedError, match="final metric 'test_acc' is nan") as info:
+        store.run(config, diverged, retries=1)
+    assert isinstance(info.value, CmptError) and not isinstance(info.value, InputError)
+    record = store.get(config)
+    assert record["status"] == "failed" and record["final"] is None and record["attempts"] == 2
+    assert "final metric 'test_acc' is nan" in record["error"]
+    assert not store.has(config) and store.table().empty
+    # the next try that gives a number is a finished run
+    assert store.run(config, _ok)["status"] == "done"
+
+
+def test_put_refuses_infinite_and_nested_non_finite_metrics(tmp_path):
+    store = ResultsStore(tmp_path)
+    config = _configs(1)[0]
+    with pytest.raises(RunFailedError, match="final metric 'val_loss' is inf"):
+        store.put(config, {"final": {"test_acc": 0.5, "val_loss": float("inf")}})
+    assert store.get(config)["status"] == "failed"
+    assert "final metric 'val_loss' is inf" in store.get(config)["error"]
+    with pytest.raises(RunFailedError, match=r"final metric 'per_class\[1\]' is -inf"):
+        store.put(config, {"final": {"per_class": [0.5, -math.inf]}})
+    with pytest.raises(RunFailedError, match="final metric 'losses.val' is nan"):
+        store.put(config, {"final": {"losses": {"val": np.float32("nan")}}})
+
+
+def test_nan_in_the_history_is_kept_as_null(tmp_path):
+    store = ResultsStore(tmp_path)
+    config = _configs(1)[0]
+    record = store.run(config, lambda c: {"final": {"test_acc": 0.5},
+                                          "metrics_per_epoch": [{"epoch": 1, "train_loss": float("nan")}]})
+    assert record["status"] == "done" and store.get(config)["metrics_per_epoch"] == [{"epoch": 1, "train_loss": None}]
+
+
+def test_a_sweep_counts_a_nan_run_as_failed(tmp_path):
+    store = ResultsStore(tmp_path)
+
+    def half(cfg):
+        return {"final": {"test_acc": float("nan") if cfg["target"] == "t1" else 0.5}}
+
+    with pytest.warns(UserWarning, match="final metric 'test_acc' is nan"):
+        table = run_missing(store, _configs(3), half, on_error="continue")
+    assert list(table["target"]) == ["t0", "t2"]
+
+
+def test_to_jsonable():
+    value = {"a": np.float64(0.5), "b": torch.tensor([1.0, float("nan")]), 3: (1, np.int64(2)), "c": "x"}
+    assert to_jsonable(value) == {"a": 0.5, "b": [1.0, None], "3": [1, 2], "c": "x"}
+    with pytest.raises(NonFiniteError, match=r"b\[1\] is nan") as info:
+        to_jsonable(value, nonfinite="raise")
+    assert info.value.where == "b[1]" and math.isnan(info.value.value)
+    assert to_jsonable(float("inf")) is None
+    with pytest.raises(ValueError, match="nonfinite must be one of"):
+        to_jsonable(1.0, nonfinite="zero")
+
+
+# ----------------------------------------------------------------------------- a damaged record: CorruptRecordError
+
+def _damaged(tmp_path, edit):
+    """A store whose one record was edited: ``edit(record)`` changes it in place or returns the new text."""
+    store = ResultsStore(tmp_path)
+    config = _configs(1)[0]
+    path = store.path(config)
+    store.put(config, _ok(config))
+    data = json.loads(path.read_text())
+    text = edit(data)
+    if text is None:
+        text = json.dumps(data)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return store, config, path
+
+
+@pytest.mark.parametrize("edit,reason", [
+    (lambda d: b"\xff\xfe" + json.dumps(d).encode(), "not valid JSON"),
+    (lambda d: json.dumps(d)[:-3], "not valid JSON"),
+    (lambda d: json.dumps(d).replace("0.5", "NaN"), "non-finite number NaN"),
+    (lambda d: json.dumps(d).replace("0.5", "1e999"), "number 1e999, which is out of range"),
+    (lambda d: d["final"].update(test_acc="high"), "final metric 'test_acc' is 'high', not null or a number"),
+    (lambda d: d["final"].update(best_epoch=1.5), "final metric 'best_epoch' is 1.5, not a count"),
+    (lambda d: d.update(final=[0.5]), "without a 'final' object"),
+    (lambda d: d.update(status="failed", final="x"), "'final' is neither an object nor null"),
+    (lambda d: d.update(config=["a"]), "'config' is not an object"),
+    (lambda d: d.update(hash=7), "'hash' is not a string"),
+    (lambda d: d.update(status=["done"]), "status \\['done'\\] is not one of done, failed"),
+    (lambda d: d.update(attempts="3"), "'attempts' is '3', not null or a count"),
+    (lambda d: d.update(wall_time_s=-1), "'wall_time_s' is -1"),
+    (lambda d: d.update(metrics_per_epoch=[1, 2]), "'metrics_per_epoch' is \\[1, 2\\], not a list of objects"),
+    (lambda d: d.update(error=["boom"]), "'error' is \\['boom'\\], not null or a string"),
+    (lambda d: "[" * 100_000, "not valid JSON"),
+])
+def test_every_damaged_record_is_a_corrupt_record(tmp_path, edit, reason):
+    store, config, path = _damaged(tmp_path, edit)
+    for read in (lambda: store.get(config), store.records, store.table, lambda: store.run(config, _ok)):
+        with pytest.raises(CorruptRecordError, match=reason) as info:
+            read()
+        assert path.name in str(info.value) and "\n" not in str(info.value)
