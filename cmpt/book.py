@@ -29,7 +29,7 @@ import yaml
 from cmpt.atomic import write_atomic
 from cmpt.errors import CmptError
 from cmpt.profiles import PROFILE_FIELDS, ProfileError, get_profile
-from cmpt.records import ENV_VAR
+from cmpt.chapter_values import ENV_VAR
 from cmpt.results import RESULTS_ENV
 
 

@@ -10,6 +10,7 @@ never train: they take what these functions return.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ import pandas as pd
 from cmpt.backbones import PromptedTextEncoder, PromptedViT, load_text_backbone, load_vision_backbone
 from cmpt.data import load_text_task
 from cmpt.errors import check_names
-from cmpt.model_files import load_trained
+from cmpt.model_files import ModelFileError, load_trained
 from cmpt.profiles import Profile
 from cmpt.prompts import Prompt, load_prompt, save_prompt
 from cmpt.results import ResultsStore, run_missing
@@ -110,15 +111,20 @@ def trained_models(profile: Profile, configs: Sequence[TargetConfig], prompts: M
         path = store.model_path(config)
         if store.has(config) and path.exists():
             runner.target(config.target)  # loads the backbone once
-            out.append(TrainedRun(config, load_trained(path, runner.backbone), store.get(config), False))
-            continue
+            try:
+                model = load_trained(path, runner.backbone, setting=config.setting)
+            except ModelFileError as err:  # damaged: train it again, saying so
+                warnings.warn(f"{err} Training it again.", stacklevel=2)
+            else:
+                out.append(TrainedRun(config, model, store.get(config), False))
+                continue
         if store.has(config):  # the stored run stays the reference; say what the re-run gave
             previous = store.get(config)
             fresh = runner(config)
             record = {**previous, "final": {**previous["final"], "retrained_test_acc": fresh["final"]["test_acc"]}}
         else:
             record = store.run(config, runner)
-        out.append(TrainedRun(config, load_trained(path, runner.backbone), record, True))
+        out.append(TrainedRun(config, load_trained(path, runner.backbone, setting=config.setting), record, True))
     return out
 
 

@@ -94,6 +94,11 @@ def test_trained_models_come_back_from_the_store_with_their_accuracy(tmp_path, m
         assert acc == pytest.approx(store.get(run.config)["final"]["test_acc"], abs=1e-9)
     store.model_path(configs[1]).unlink()  # a run stored before models were kept: trained again
     (again,) = trained_models(SMOKE, configs[1:], runner=runner)
+    store.model_path(configs[0]).write_bytes(b"\x00" * 10)  # damaged: trained again, with a warning
+    with pytest.warns(UserWarning, match="Delete this file"):
+        (mended,) = trained_models(SMOKE, configs[:1], runner=runner)
+    assert mended.trained_here and evaluate(mended.model, data.split("test"))["acc"] == pytest.approx(
+        store.get(configs[0])["final"]["test_acc"], abs=1e-9)
     assert again.trained_here and store.model_path(configs[1]).exists()
     final = again.record["final"]
     assert final["retrained_test_acc"] == pytest.approx(final["test_acc"], abs=1e-9)
