@@ -228,6 +228,7 @@ PAPER_SEARCH = (
     ("linear", "sgd", _VPT_LRS, _DECAYS),
     ("frozen", "sgd", _VPT_LRS, _DECAYS),
     ("random", "sgd", _VPT_LRS, _DECAYS),
+    ("random_xavier", "sgd", _VPT_LRS, _DECAYS),
     ("vpt", "sgd", _VPT_LRS, _DECAYS),
     ("vpt_deep", "sgd", _VPT_LRS, _DECAYS),
     ("spt", "sgd", _VPT_LRS, _DECAYS),

@@ -29,6 +29,7 @@ SETTING_HPARAMS: dict[str, dict[str, Any]] = {
     "linear": {"optimizer": "adam", "lr": 0.4, "weight_decay": 0.0},
     "frozen": {"optimizer": "adam", "lr": 0.4, "weight_decay": 0.0},
     "random": {"optimizer": "adam", "lr": 0.4, "weight_decay": 0.0},
+    "random_xavier": {"optimizer": "adam", "lr": 0.4, "weight_decay": 0.0},
     "vpt": {"optimizer": "adam", "lr": 0.1, "weight_decay": 0.0},
     "vpt_deep": {"optimizer": "adam", "lr": 0.1, "weight_decay": 0.0},
     "spt": {"optimizer": "adam", "lr": 0.1, "weight_decay": 0.0},  # tuned like VPT

@@ -152,6 +152,8 @@ def run_target(config: TargetConfig, backbone: PromptedViT, data: TargetData, so
     if config.train_split == "trainval":  # a final run: val is training data now, the last epoch counts
         splits[0] = (torch.cat([splits[0][0], splits[1][0]]), torch.cat([splits[0][1], splits[1][1]]))
         splits[1] = None  # type: ignore[call-overload]
+    if config.stage == "search":  # a grid point is chosen on val: it never sees the test split
+        splits[2] = None  # type: ignore[call-overload]
     result = fit(trained, *splits, train_config(config, device))
     record = result.to_record()
     if keep is not None:

@@ -338,18 +338,21 @@ def _restore(model: nn.Module, state: dict[str, Tensor]) -> None:
         params[name].copy_(value)
 
 
-def fit(model: nn.Module, train: Data, val: Data | None, test: Data, cfg: TrainConfig,
+def fit(model: nn.Module, train: Data, val: Data | None, test: Data | None, cfg: TrainConfig,
         forward: Forward | None = None) -> FitResult:
     """Train the parameters of ``model`` that have ``requires_grad``; see the module doc.
 
     ``model`` (or ``forward(model, inputs)``) maps a batch of inputs to logits. Splits are
     ``(inputs, labels)`` CPU tensors (batches move to the device; the training set is shuffled
     by a generator seeded with ``cfg.seed``) or DataLoaders (used as they are). The model is
-    moved to ``cfg.device`` and left there. ``val`` may be None unless ``selection == "val"``.
-    The global torch RNG is seeded with ``cfg.seed`` too (dropout in trainable modules).
+    moved to ``cfg.device`` and left there. ``val`` may be None unless ``selection == "val"``;
+    ``test`` may be None (a search run, which must not see the test split) unless
+    ``selection == "best_test"``: its test metrics are then None. The global torch RNG is seeded with ``cfg.seed`` too (dropout in trainable modules).
     """
     if val is None and cfg.selection == "val":
         raise ValueError("selection='val' needs a validation split; pass val or use selection='last'")
+    if test is None and cfg.selection == "best_test":
+        raise ValueError("selection='best_test' needs the test split")
     for split, data in (("train", train), ("val", val), ("test", test)):
         if data is not None:
             _check(split, data)
@@ -406,10 +409,15 @@ def fit(model: nn.Module, train: Data, val: Data | None, test: Data, cfg: TrainC
     if best["state"] is not None:
         _restore(model, best["state"])
     chosen = best["row"]
-    tested = best["test"] if cfg.selection == "best_test" else run_eval(test, per_example=True)
-    final = {"val_acc": chosen["val_acc"], "val_loss": chosen["val_loss"], "test_acc": tested["acc"],
+    if cfg.selection == "best_test":
+        tested = best["test"]
+    else:
+        tested = run_eval(test, per_example=True) if test is not None else None
+    final = {"val_acc": chosen["val_acc"], "val_loss": chosen["val_loss"],
+             "test_acc": tested["acc"] if tested else None,
              "best_epoch": chosen["epoch"], "train_loss": chosen["train_loss"], "selection": cfg.selection,
-             "protocol": PROTOCOLS[cfg.selection], "test_correct": encode_correct(tested["correct"]),
-             "test_n": len(tested["correct"])}
+             "protocol": PROTOCOLS[cfg.selection],
+             "test_correct": encode_correct(tested["correct"]) if tested else None,
+             "test_n": len(tested["correct"]) if tested else 0}
     state = {name: p.detach().to("cpu", copy=True) for name, p in _trainable(model).items()}
     return FitResult(final=final, history=history, n_trainable=n_trainable, state=state)

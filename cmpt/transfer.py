@@ -14,7 +14,10 @@ setting        prompt                                      trainable
 ``spt``        prototypes of the target's patch tokens     prompt, head
                (SPT; built in :mod:`cmpt.spt`)
 ``frozen``     the source prompt as is                     head
-``random``     a frozen random prompt (reference)          head
+``random``     a frozen Gaussian prompt whose tokens have     head
+               the source bank's mean norm (reference)
+``random_xavier`` a frozen prompt drawn like VPT's            head
+               initialisation (the CMPT code's reference)
 ``projection`` ``Linear(d_src, d_tgt)`` token-wise         projector, head
 ``attention``  l_s queries over the source prompt,         queries, W_k, W_v, target prompt,
                concatenated with a target prompt           head
@@ -49,9 +52,9 @@ __all__ = [
     "random_reference_prompt",
 ]
 
-SETTINGS = ("linear", "vpt", "vpt_deep", "spt", "frozen", "random", "projection", "attention")
+SETTINGS = ("linear", "vpt", "vpt_deep", "spt", "frozen", "random", "random_xavier", "projection", "attention")
 #: settings that train only the head (on cached features)
-HEAD_ONLY = ("linear", "frozen", "random")
+HEAD_ONLY = ("linear", "frozen", "random", "random_xavier")
 #: settings that start from a source prompt (one run per source)
 SOURCE_SETTINGS = ("frozen", "projection", "attention")
 #: settings that insert the source prompt as it is, so its width must be the backbone's
@@ -186,6 +189,10 @@ def make_prompt_source(setting: str, backbone: PromptedViT, length: int, source_
         return LearnedPrompt(length, backbone.width, patch, depth=backbone.depth if setting == "vpt_deep" else 0)
     if setting == "random":
         return FixedPrompt(random_reference_prompt(length, backbone.width, reference_norm, seed))
+    if setting == "random_xavier":
+        gen = torch.Generator().manual_seed(seed)
+        bound = math.sqrt(6.0 / float(3 * patch * patch + backbone.width))
+        return FixedPrompt((torch.rand(length, backbone.width, generator=gen) * 2 - 1) * bound)
     if setting == "spt":
         raise InputError("an spt prompt starts from the target's own training tokens: build it with "
                          "cmpt.spt.SelfPrompt.from_tokens (cmpt.runner.build_classifier does)")

@@ -164,3 +164,29 @@ def test_threshold_analysis_counts_pairs_below_random():
     out = threshold_analysis(pairs, threshold=0.5)
     assert out["pairs_above"] == 2 and out["share_below_random_above"] == 0.5
     assert out["share_below_random_below"] == 0.0 and out["slope"] < 0
+
+
+def test_stimulation_feeds_the_raw_cls_token_unless_asked_for_its_position(tiny_vit):
+    from cmpt.gaps.estimators import _cls_token
+
+    raw = _cls_token(tiny_vit)
+    assert torch.equal(raw, tiny_vit.vit.cls_token)
+    positioned = _cls_token(tiny_vit, with_position=True)
+    assert torch.allclose(positioned, raw + tiny_vit.vit.pos_embed[:, :1])
+    prompts = torch.randn(3, 4, tiny_vit.width, generator=torch.Generator().manual_seed(1))
+    default = stimulation_patterns(tiny_vit, prompts, layers=2)
+    assert not torch.equal(default, stimulation_patterns(tiny_vit, prompts, layers=2, cls_position=True))
+
+
+def test_random_references_are_frozen_and_drawn_as_labelled(tiny_vit):
+    import math
+
+    from cmpt.transfer import make_prompt_source
+
+    gaussian = make_prompt_source("random", tiny_vit, 4, reference_norm=3.0, seed=0)()["prompt"]
+    assert torch.allclose(gaussian.norm(dim=1), torch.full((4,), 3.0))
+    xavier = make_prompt_source("random_xavier", tiny_vit, 4, seed=0)()["prompt"]
+    patch = tiny_vit.vit.patch_embed.patch_size[0]
+    assert xavier.abs().max() <= math.sqrt(6.0 / (3 * patch * patch + tiny_vit.width))
+    assert torch.equal(xavier, make_prompt_source("random_xavier", tiny_vit, 4, seed=0)()["prompt"])
+    assert not xavier.requires_grad

@@ -27,6 +27,7 @@ EXPECTED_TRAINABLE = {
     "vpt_deep": {"head.weight", "head.bias", "prompt_source.prompt"},
     "frozen": {"head.weight", "head.bias"},
     "random": {"head.weight", "head.bias"},
+    "random_xavier": {"head.weight", "head.bias"},
     "projection": {"head.weight", "head.bias", "prompt_source.proj.weight", "prompt_source.proj.bias"},
     "attention": {"head.weight", "head.bias", "prompt_source.queries", "prompt_source.key.weight", "prompt_source.key.bias",
                   "prompt_source.value.weight", "prompt_source.value.bias", "prompt_source.target"},

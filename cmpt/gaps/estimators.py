@@ -86,20 +86,24 @@ def spot_scores(prompts: Mapping[str, Tensor | Prompt], target_prompts: Mapping[
 
 
 @torch.no_grad()
-def _cls_token(backbone: PromptedViT) -> Tensor:
-    """The embedded CLS token ``[1, 1, D]`` (CLS + its position embedding; no image dependence)."""
+def _cls_token(backbone: PromptedViT, with_position: bool = False) -> Tensor:
+    """The CLS token ``[1, 1, D]``: raw, as the CMPT code feeds it, or with its position embedding."""
+    if not with_position:
+        return backbone.vit.cls_token.detach()
     size = backbone.preprocess.image_size
     param = next(backbone.parameters())
     return backbone.embed(torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype))[:, :1]
 
 
 @torch.no_grad()
-def stimulation_patterns(backbone: PromptedViT, prompts: Tensor, layers: int = 3) -> Tensor:
+def stimulation_patterns(backbone: PromptedViT, prompts: Tensor, layers: int = 3,
+                         cls_position: bool = False) -> Tensor:
     """Binary FFN activation pattern at the CLS position for ``[prompt; CLS]`` sequences.
 
     ``prompts``: ``[S, L, D]`` (or ``[L, D]``); returns a bool tensor ``[S, layers * hidden]``
     from forward hooks on ``blocks[i].mlp.act`` of the last ``layers`` blocks (all blocks
-    when the backbone has fewer). The prompt sits where the backbone's layout puts it.
+    when the backbone has fewer). The prompt sits where the backbone's layout puts it. The CLS
+    token enters without its position embedding, as in the CMPT code (``cls_position=True`` adds it).
     """
     single = prompts.dim() == 2
     prompts = prompts.unsqueeze(0) if single else prompts
@@ -110,7 +114,7 @@ def stimulation_patterns(backbone: PromptedViT, prompts: Tensor, layers: int = 3
     captured: list[Tensor] = []
     handles = [b.mlp.act.register_forward_hook(lambda _m, _i, out: captured.append(out)) for b in blocks]
     try:
-        cls = _cls_token(backbone).expand(prompts.shape[0], -1, -1)
+        cls = _cls_token(backbone, cls_position).expand(prompts.shape[0], -1, -1)
         backbone.forward_tokens(None, prompt=prompts, tokens=cls)  # type: ignore[arg-type]
     finally:
         for handle in handles:
@@ -126,13 +130,14 @@ def stimulation_similarity(a: Tensor, b: Tensor) -> Tensor:
 
 
 def on_scores(backbone: PromptedViT, prompts: Mapping[str, Tensor | Prompt],
-              target_prompts: Mapping[str, Tensor | Prompt], layers: int = 3) -> pd.DataFrame:
+              target_prompts: Mapping[str, Tensor | Prompt], layers: int = 3,
+              cls_position: bool = False) -> pd.DataFrame:
     """ON / model stimulation similarity of every source prompt to every target prompt."""
     names = list(prompts)
-    source_patterns = [stimulation_patterns(backbone, _tensor(prompts[n]), layers) for n in names]
+    source_patterns = [stimulation_patterns(backbone, _tensor(prompts[n]), layers, cls_position) for n in names]
     rows = []
     for target, t_prompt in target_prompts.items():
-        t_pattern = stimulation_patterns(backbone, _tensor(t_prompt), layers)
+        t_pattern = stimulation_patterns(backbone, _tensor(t_prompt), layers, cls_position)
         rows += [{"source": n, "target": target, "score": float(stimulation_similarity(p, t_pattern))}
                  for n, p in zip(names, source_patterns)]
     return pd.DataFrame(rows, columns=["source", "target", "score"])
