@@ -22,7 +22,15 @@ Data are random tensors of the profile's shapes (speed does not depend on the va
 ``--ideas`` adds what was tried, kept or not: each switch off, bf16 autocast, one thread,
 several prompts batched in one forward; ``--compile`` adds ``torch.compile``.
 
-This module stays light (no torch import) so that the ``cmpt`` command starts fast.
+``--memory`` measures something else instead: whether a target run's memory grows with the
+data. It writes a VTAB-style export folder of generated 224 px images for each test-split size
+(``--memory-sizes``, default 1,000 and 30,000), runs one target run (tiny ViT, VPT or linear,
+one epoch) on each in a fresh process, and prints each process's peak resident memory and the
+ratio of the largest to the smallest (goal: at most 1.25). Sizes and settings are options, so a
+test can run it small.
+
+Settings live in :mod:`cmpt.bench_config`; this module stays light (no torch import) so that
+the ``cmpt`` command starts fast.
 """
 
 from __future__ import annotations
@@ -31,69 +39,14 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cmpt.profiles import Profile, get_profile
+from cmpt.bench_config import FIGURES, MEMORY_SETTINGS, BenchConfig, MemoryConfig
 
-__all__ = ["FIGURES", "BenchConfig", "BenchResult", "add_arguments", "config_from_args", "main", "run_bench"]
-
-#: the five figure lines start with these
-FIGURES = ("[1] prompt-tuning step", "[2] achieved FLOP/s", "[3] head-only", "[4] MMD table", "[5] training-step memory")
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """Sizes and switches of one benchmark run (defaults: the default profile, under 5 minutes on 2 cores)."""
-
-    profile: str = "default"
-    backbone: str = "dinov2-s14"
-    random_weights: bool = False  # a randomly initialised copy of the backbone (timing only; no download)
-    image_size: int = 56
-    prompt_length: int = 8
-    layout: str = "before_cls"
-    batch_size: int = 32
-    num_classes: int = 10
-    steps: int = 8  # timed steps per round
-    rounds: int = 3  # rounds alternating reference and cmpt; the median round counts
-    warmup: int = 2
-    # head-only settings (one target: linear, random and frozen from every source)
-    n_train: int = 80
-    n_val: int = 40
-    n_test: int = 200
-    head_epochs: int = 60
-    sources: int = 4
-    # MMD table
-    mmd_targets: int = 7
-    mmd_passes: int = 5
-    # machine and switches
-    device: str = "auto"
-    precision: str = "auto"
-    threads: int = 0  # 0: leave torch's default
-    sdpa: bool | None = None  # None: PromptedViT's choice (fused on CUDA, explicit on CPU)
-    cls_shortcut: bool = True
-    ideas: bool = False
-    compile: bool = False
-    seed: int = 0
-
-    @classmethod
-    def from_profile(cls, profile: str | Profile = "default", overrides: Mapping[str, Any] | None = None,
-                     **values: Any) -> "BenchConfig":
-        """Sizes from a profile: backbone, image size, prompt, batch, splits, head epochs, sources, targets.
-
-        The test split is capped at 2000 images (the paper profile asks for all of them);
-        ``values`` set any :class:`BenchConfig` field. The smoke profile also times fewer steps.
-        """
-        cfg = get_profile(profile, dict(overrides or {}))
-        base = cls(profile=cfg.name, backbone=cfg.vision_backbone, image_size=cfg.image_size,
-                   prompt_length=cfg.prompt_length, layout=cfg.prompt_layout, batch_size=cfg.batch_size,
-                   n_train=cfg.n_train, n_val=cfg.n_val, n_test=min(cfg.n_test, 2000), head_epochs=cfg.head_epochs,
-                   sources=len(cfg.text_tasks), mmd_targets=len(cfg.image_tasks), device=cfg.device)
-        if cfg.name == "smoke":
-            base = replace(base, steps=2, rounds=2, warmup=1, mmd_passes=2)
-        return replace(base, **values)
-
+__all__ = ["FIGURES", "BenchConfig", "BenchResult", "MemoryConfig", "MemoryResult", "add_arguments",
+           "config_from_args", "main", "memory_config_from_args", "run_bench", "run_memory"]
 
 def _sdpa(value: bool | None) -> str:
     return {None: "auto (fused on CUDA only)", True: "on", False: "off"}[value]
@@ -167,6 +120,55 @@ class BenchResult:
         return cls(**json.loads(text))
 
 
+#: the peak-memory ratio (largest test split / smallest) the streaming design aims to stay under
+MEMORY_GOAL = 1.25
+
+
+@dataclass
+class MemoryResult:
+    """Peak resident memory of one target run per test-split size; :meth:`lines` is the report."""
+
+    config: dict[str, Any]
+    runs: list[dict[str, Any]]
+    seconds: float = 0.0
+
+    @property
+    def ratio(self) -> float:
+        """Peak memory at the largest test split over the peak at the smallest."""
+        by_size = sorted(self.runs, key=lambda r: r["n_test"])
+        return by_size[-1]["peak_rss_bytes"] / by_size[0]["peak_rss_bytes"]
+
+    def lines(self) -> list[str]:
+        c = self.config
+        out = [f"memory: one {c['setting']} run of {c['backbone']} at {c['image_size']} px ({c['n_train']} train, "
+               f"{c['n_val']} val, {c['epochs']} epoch{'s' if c['epochs'] != 1 else ''}, batches of {c['batch_size']}) "
+               f"per test-split size, each in a fresh process; cache budget {c['cache_mib']} MiB, "
+               f"{c['workers']} loader workers, device {c['device']}"]
+        for run in sorted(self.runs, key=lambda r: r["n_test"]):
+            test = "cached" if "test" in run["cached"] else "streamed"
+            out.append(f"memory: n_test={run['n_test']:,}: peak RSS {run['peak_rss_bytes'] / 2**20:.1f} MiB "
+                       f"(after loading the backbone {run['start_rss_bytes'] / 2**20:.1f} MiB; test split {test}; "
+                       f"test acc {run['test_acc']:.3f}; {run['seconds']:.0f} s)")
+        small, large = min(r["n_test"] for r in self.runs), max(r["n_test"] for r in self.runs)
+        out.append(f"memory: peak ratio n_test={large:,} / n_test={small:,}: {self.ratio:.3f} (goal <= {MEMORY_GOAL})")
+        out.append(f"total {self.seconds:.0f} s")
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "ratio": self.ratio}, indent=1, default=float)
+
+
+def run_memory(mc: MemoryConfig) -> MemoryResult:
+    """Measure the peak memory of one target run at each of ``mc.sizes`` (see :mod:`cmpt.perf`)."""
+    import time
+
+    from cmpt.perf import memory_growth
+
+    start = time.perf_counter()
+    runs = memory_growth(mc)
+    return MemoryResult(config=asdict(mc), runs=runs, seconds=time.perf_counter() - start)
+
+
 def run_bench(bc: BenchConfig) -> BenchResult:
     """Measure every figure for ``bc`` (imports torch and the backbone)."""
     import time
@@ -203,6 +205,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also time each switch off, bf16, one thread, several prompts in one forward")
     parser.add_argument("--compile", action="store_true", default=None,
                         help="also time torch.compile (compile time and steady rate)")
+    memory = parser.add_argument_group("memory growth (--memory)")
+    memory.add_argument("--memory", action="store_true",
+                        help="instead of the five figures: peak memory of one target run at each test-split size")
+    memory.add_argument("--memory-sizes", nargs="+", type=int, metavar="N",
+                        help="test-split sizes, one run each (default: 1000 30000)")
+    memory.add_argument("--memory-setting", choices=MEMORY_SETTINGS, help="target setting (default: vpt)")
+    for name, what in (("train", "training images (default: 800)"), ("val", "validation images (default: 200)"),
+                       ("image-size", "image and backbone size in px (default: 224)"),
+                       ("epochs", "epochs of the run (default: 1)"),
+                       ("batch-size", "batch size of training and evaluation (default: 64)"),
+                       ("cache-mib", "memory budget for cached tokens and features (default: 1024)"),
+                       ("workers", "DataLoader workers decoding images (default: 0)")):
+        memory.add_argument(f"--memory-{name}", type=int, metavar="N", help=what)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -211,7 +226,25 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig.from_profile(args.profile, sdpa={"auto": None, "on": True, "off": False}[args.sdpa], **values)
 
 
+def memory_config_from_args(args: argparse.Namespace) -> MemoryConfig:
+    """The :class:`MemoryConfig` of ``--memory-*`` options (``--device`` and ``--threads`` apply too)."""
+    names = {"sizes": "memory_sizes", "setting": "memory_setting", "n_train": "memory_train", "n_val": "memory_val",
+             "image_size": "memory_image_size", "epochs": "memory_epochs", "batch_size": "memory_batch_size", "cache_mib": "memory_cache_mib",
+             "workers": "memory_workers", "device": "device", "threads": "threads"}
+    values = {field_name: getattr(args, arg) for field_name, arg in names.items() if getattr(args, arg, None) is not None}
+    if "sizes" in values:
+        values["sizes"] = tuple(values["sizes"])
+    return MemoryConfig(**values)
+
+
 def run_from_args(args: argparse.Namespace) -> int:
+    if getattr(args, "memory", False):
+        memory = run_memory(memory_config_from_args(args))
+        for line in memory.lines():
+            print(line, flush=True)
+        if args.json:
+            Path(args.json).write_text(memory.to_json())
+        return 0
     result = run_bench(config_from_args(args))
     for line in result.lines():
         print(line, flush=True)

@@ -8,7 +8,9 @@ in one process:
   pixels every step, every block on every token;
 - :func:`direct_mmd_table` is Algorithm 1 written out pair by pair and batch by batch;
 - head-only runs go through :func:`cmpt.runner.run_target` both ways (cached CLS
-  features, or the backbone's forward recomputed every epoch).
+  features, or the backbone's forward recomputed every epoch);
+- :func:`memory_growth` (``cmpt bench --memory``) runs one target run per test-split size on a
+  generated VTAB-style export folder, each in a fresh process, and reads its peak resident memory.
 
 Rates are medians over rounds that alternate the contenders, so a drifting machine load hits
 both. FLOPs are counted by torch's ``FlopCounterMode`` (attention through its explicit path,
@@ -25,7 +27,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,17 +39,16 @@ from tqdm.auto import tqdm
 from cmpt.backbones import PromptedViT, load_vision_backbone
 from cmpt.backbones.vision import VisionPreprocess
 from cmpt.backbones.vision_zoo import split_location
+from cmpt.bench_config import BenchConfig, MemoryConfig
 from cmpt.gaps.mmd import BANDWIDTH_FACTORS, modality_gap_table
 from cmpt.cost import vit_image_flops
 from cmpt.profiles import Profile, get_profile
 from cmpt.train import TrainConfig, make_optimizer, resolve_device, resolve_precision, train_step
 from cmpt.transfer import LearnedPrompt, PromptedClassifier
 
-if TYPE_CHECKING:
-    from cmpt.bench import BenchConfig
-
 __all__ = ["ReferencePromptTuner", "direct_mmd_table", "head_only", "ideas", "machine", "matmul_peak",
-           "measure", "mmd_table", "prompt_tuning", "step_flops"]
+           "measure", "memory_growth", "memory_run", "mmd_table", "prompt_tuning", "step_flops",
+           "write_vtab_export"]
 
 
 # ----------------------------------------------------------------------------- machine
@@ -303,10 +304,10 @@ def _bench_profile(bc: BenchConfig) -> Profile:
 
 
 def _synthetic_target(bc: BenchConfig, backbone: PromptedViT, device: torch.device):
-    """A :class:`~cmpt.runner.TargetData` of random images (embedded once, as cmpt does)."""
+    """A :class:`~cmpt.target_data.TargetData` of random images (embedded once, as cmpt does)."""
     from cmpt.data import ImageTask
-    from cmpt.runner import TargetData
     from cmpt.features import embed_tokens
+    from cmpt.target_data import TargetData
 
     sizes = {"train": bc.n_train, "val": bc.n_val, "test": bc.n_test}
     gen = torch.Generator().manual_seed(bc.seed + 1)
@@ -545,3 +546,132 @@ def measure(bc: BenchConfig) -> dict[str, Any]:
                "mmd": mmd_table(bc, backbone.width, backbone.num_patches, device)}
     extra = ideas(bc, backbone, device) if bc.ideas or bc.compile else {}
     return {"machine": machine(device), "figures": figures, "ideas": extra}
+
+
+# ----------------------------------------------------------------------------- memory growth
+
+def write_vtab_export(root: str | Path, task: str, n_train: int, n_val: int, n_test: int, image_size: int = 224,
+                      chunk: int = 500) -> Path:
+    """A VTAB-1k-style export folder ``root/<task>/`` of generated ``image_size`` px PNG images.
+
+    Image ``i`` is render ``i`` of the generated task (upscaled from 64 px); train, val and
+    test take consecutive renders. Writes ``train800.txt``, ``val200.txt``,
+    ``train800val200.txt`` and ``test.txt`` beside the images, as the export does.
+    """
+    from PIL import Image
+
+    from cmpt.data.generated import render_generated
+
+    folder = Path(root) / task
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    total = n_train + n_val + n_test
+    lines: list[str] = []
+    with tqdm(total=total, desc=f"writing {total:,} images", leave=False, disable=None) as bar:
+        for start in range(0, total, chunk):
+            images, labels, _ = render_generated(task, min(chunk, total - start), start=start)
+            for offset, (image, label) in enumerate(zip(images, labels)):
+                rel = f"images/{start + offset:06d}.png"
+                picture = Image.fromarray(image)
+                if image_size != picture.width:
+                    picture = picture.resize((image_size, image_size), Image.NEAREST)
+                picture.save(folder / rel, compress_level=1)
+                lines.append(f"{rel} {int(label)}")
+            bar.update(len(images))
+    bounds = {"train800.txt": (0, n_train), "val200.txt": (n_train, n_train + n_val),
+              "train800val200.txt": (0, n_train + n_val), "test.txt": (n_train + n_val, total)}
+    for name, (lo, hi) in bounds.items():
+        (folder / name).write_text("\n".join(lines[lo:hi]) + "\n")
+    return folder
+
+
+def _peak_rss(who: int) -> int:
+    import resource
+    import sys
+
+    peak = resource.getrusage(who).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
+
+
+def memory_run(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """One target run on the export at ``spec["root"]`` (meant for a fresh process); its peak memory.
+
+    ``spec`` holds the :class:`~cmpt.bench_config.MemoryConfig` fields plus ``n_test`` and
+    ``root``. The run is what :func:`cmpt.runner.run_target` does for the setting: the
+    target's splits from :func:`cmpt.target_data.prepare_target`, the setting's model and
+    hyper-parameters, :func:`cmpt.train.fit`.
+    """
+    import resource
+
+    from cmpt.run_config import SETTING_HPARAMS
+    from cmpt.target_data import prepare_target
+    from cmpt.train import fit
+    from cmpt.transfer import make_prompt_source
+
+    if spec["threads"]:
+        torch.set_num_threads(int(spec["threads"]))
+    device = resolve_device(spec["device"])
+    backbone = load_vision_backbone(spec["backbone"], spec["image_size"])
+    profile = get_profile("paper", vision_backbone=spec["backbone"], image_size=spec["image_size"],
+                          n_train=spec["n_train"], n_val=spec["n_val"], n_test=spec["n_test"],
+                          prompt_length=spec["prompt_length"], batch_size=spec["batch_size"],
+                          target_epochs=spec["epochs"], head_epochs=spec["epochs"], device=str(device))
+    start_rss = _peak_rss(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    data = prepare_target(spec["task"], profile, backbone, device=device, cache_bytes=int(spec["cache_mib"]) << 20,
+                          workers=spec["workers"], vtab_root=spec["root"])
+    seed, setting = int(spec["seed"]), spec["setting"]
+    torch.manual_seed(seed)
+    model = PromptedClassifier(backbone, make_prompt_source(setting, backbone, profile.prompt_length, seed=seed),
+                               data.task.num_classes)
+    hp = SETTING_HPARAMS[setting]
+    cfg = TrainConfig(optimizer=hp["optimizer"], base_lr=hp["lr"], weight_decay=hp["weight_decay"],
+                      batch_size=profile.batch_size, eval_batch_size=profile.batch_size, epochs=profile.target_epochs,
+                      warmup_epochs=0, seed=seed, device=str(device))
+    # one batch size for training and evaluation: the largest batch sets the activations' share of
+    # the peak, and it must be the same at every test-split size
+    batches = {"seed": seed, "batch_size": profile.batch_size, "eval_batch_size": profile.batch_size}
+    if setting == "linear":
+        trained: nn.Module = model.head
+        splits = data.head_splits(backbone, None, device, **batches)
+    else:
+        trained = model
+        splits = data.splits(**batches)
+    result = fit(trained, *splits, cfg)
+    return {"n_test": int(spec["n_test"]), "peak_rss_bytes": _peak_rss(resource.RUSAGE_SELF),
+            "start_rss_bytes": start_rss, "worker_peak_rss_bytes": _peak_rss(resource.RUSAGE_CHILDREN),
+            "cached": sorted(data.tokens), "streamed": sorted(data.streamed), "cached_bytes": data.cached_bytes,
+            "test_acc": result.final["test_acc"], "seconds": time.perf_counter() - start}
+
+
+_CHILD = ("import json, sys\nfrom cmpt.perf import memory_run\n"
+          "print(json.dumps(memory_run(json.loads(sys.argv[1]))))")
+
+
+def memory_growth(mc: MemoryConfig) -> list[dict[str, Any]]:
+    """:func:`memory_run` at each of ``mc.sizes`` test images, each on its own export folder and process."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from dataclasses import asdict
+
+    from cmpt.errors import CmptError
+
+    package_root = str(Path(__file__).resolve().parents[1])
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="cmpt-memory-") as tmp:
+        env = {**os.environ, "CMPT_CACHE": str(Path(tmp) / "cache"), "HF_HUB_OFFLINE": "1",
+               "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+        for n_test in tqdm(sorted(mc.sizes), desc="memory runs", leave=False, disable=None):
+            root = Path(tmp) / f"export-{n_test}"
+            write_vtab_export(root, mc.task, mc.n_train, mc.n_val, n_test, mc.image_size)
+            spec = {**asdict(mc), "n_test": n_test, "root": str(root)}
+            proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], env=env, capture_output=True,
+                                  text=True)
+            shutil.rmtree(root, ignore_errors=True)
+            if proc.returncode != 0 or not proc.stdout.strip():
+                detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise CmptError(f"the memory run at n_test={n_test} failed (exit {proc.returncode}): {detail}")
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return runs

@@ -16,68 +16,19 @@ import numpy as np
 import torch
 
 from cmpt.backbones import PromptedViT, load_vision_backbone
-from cmpt.data import ImageTask, fraction_indices, kshot_indices, load_image_task, to_tensor
+from cmpt.data import ImageTask, fraction_indices, kshot_indices
 from cmpt.errors import InputError, UnknownNameError
-from cmpt.features import cls_features, embed_tokens
 from cmpt.model_files import save_trained
 from cmpt.profiles import Profile
 from cmpt.prompts import Prompt
 from cmpt.results import ResultsStore
 from cmpt.run_config import TargetConfig, check_subset
 from cmpt.spt import SelfPrompt
+from cmpt.target_data import TargetData, prepare_target
 from cmpt.train import TrainConfig, fit, resolve_device
 from cmpt.transfer import PromptedClassifier, make_prompt_source
 
-__all__ = ["TargetData", "TargetRunner", "build_classifier", "prepare_target", "reference_norm", "run_target",
-           "subset_indices", "train_config"]
-
-
-class TargetData:
-    """A target task's embedded tokens and labels per split (the prompt never changes them).
-
-    Also keeps the CLS features per (backbone, fixed prompt), the last few, so head-only runs
-    on training subsets go through the backbone once.
-    """
-
-    def __init__(self, task: ImageTask, tokens: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
-                 keep_features: int = 4) -> None:
-        self.task, self.tokens, self.labels = task, tokens, labels
-        self.features: dict[tuple, list[torch.Tensor]] = {}
-        self.keep_features = keep_features
-
-    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if name == "trainval":
-            return (torch.cat([self.tokens["train"], self.tokens["val"]]),
-                    torch.cat([self.labels["train"], self.labels["val"]]))
-        return self.tokens[name], self.labels[name]
-
-    def head_features(self, backbone: PromptedViT, prompt: torch.Tensor | None,
-                      device: torch.device | str = "cpu") -> list[torch.Tensor]:
-        """Final-norm CLS features of the train, val and test splits behind a fixed ``prompt`` (cached)."""
-        import hashlib
-
-        digest = None
-        if prompt is not None:
-            values = prompt.detach().cpu().float().contiguous().numpy()
-            digest = hashlib.sha256(values.tobytes() + str(values.shape).encode()).hexdigest()
-        key = (id(backbone), backbone.layout, digest)
-        if key not in self.features:
-            while len(self.features) >= self.keep_features:
-                self.features.pop(next(iter(self.features)))  # the oldest
-            self.features[key] = [cls_features(backbone, self.tokens[s], prompt, device=device)
-                                  for s in ("train", "val", "test")]
-        return self.features[key]
-
-
-def prepare_target(name: str, profile: Profile, backbone: PromptedViT) -> TargetData:
-    """The target ``name`` at ``profile``'s sizes, embedded by ``backbone``."""
-    task = load_image_task(name, profile)
-    tokens, labels = {}, {}
-    for split in ("train", "val", "test"):
-        images, y = task.split(split)
-        tokens[split] = embed_tokens(backbone, to_tensor(images, backbone.preprocess))
-        labels[split] = torch.as_tensor(y, dtype=torch.long)
-    return TargetData(task, tokens, labels)
+__all__ = ["TargetRunner", "build_classifier", "reference_norm", "run_target", "subset_indices", "train_config"]
 
 
 def subset_indices(task: ImageTask, spec: Mapping[str, Any], sizes: tuple[int, ...] | list[int]) -> np.ndarray:
@@ -88,8 +39,8 @@ def subset_indices(task: ImageTask, spec: Mapping[str, Any], sizes: tuple[int, .
     spec = check_subset(spec)
     key = f"image-{task.name}-{'-'.join(str(int(n)) for n in sizes)}"
     if spec["kind"] == "kshot":
-        return kshot_indices(task.labels, task.splits["train"], int(spec["k"]), int(spec["seed"]), task=key)
-    return fraction_indices(task.labels, task.splits["train"], float(spec["fraction"]), int(spec["seed"]), task=key)
+        return kshot_indices(task.labels, task.indices("train"), int(spec["k"]), int(spec["seed"]), task=key)
+    return fraction_indices(task.labels, task.indices("train"), float(spec["fraction"]), int(spec["seed"]), task=key)
 
 
 def train_config(config: TargetConfig, device: str = "auto") -> TrainConfig:
@@ -123,38 +74,40 @@ def build_classifier(config: TargetConfig, backbone: PromptedViT, num_classes: i
 def run_target(config: TargetConfig, backbone: PromptedViT, data: TargetData, source_prompt: Prompt | None,
                reference_norm: float = 1.0, device: str = "auto", cache_features: bool = True,
                return_model: bool = False) -> dict[str, Any] | tuple[dict[str, Any], PromptedClassifier]:
-    """Train one setting on one target; head-only settings train on cached CLS features.
+    """Train one setting on one target; head-only settings train on CLS features (cached where they fit).
 
     With ``config.train_subset`` the train split is cut to that subset (its size is recorded as
-    ``n_train``); with ``config.train_split == "trainval"`` the run trains on train + val and
-    selects its last epoch. With ``return_model`` the trained :class:`PromptedClassifier`
-    (holding the selected epoch's state) is returned too, as ``(record, model)``.
+    ``n_train``); with ``config.train_split == "trainval"`` (a final run) the run trains on
+    train + val and its last epoch counts; a search run (``stage == "search"``) is never tested.
+    With ``return_model`` the trained :class:`PromptedClassifier` (holding the selected epoch's
+    state) is returned too, as ``(record, model)``.
     """
     keep = None
     if config.train_subset is not None:
         chosen = subset_indices(data.task, config.train_subset, config.sizes)
-        keep = torch.as_tensor(np.flatnonzero(np.isin(data.task.splits["train"], chosen)), dtype=torch.long)
+        keep = np.flatnonzero(np.isin(data.task.indices("train"), chosen))
+    train_name = "trainval" if config.train_split == "trainval" else "train"
+    train_cfg = train_config(config, device)
     train_tokens = None
     if config.setting == "spt":  # the prompt sees exactly the images the run trains on
-        train_tokens = data.split("trainval" if config.train_split == "trainval" else "train")[0]
-        train_tokens = train_tokens[keep] if keep is not None else train_tokens
+        split = data.split(train_name, keep)
+        if not isinstance(split, tuple):
+            raise InputError(f"spt needs the training tokens of {data.task.name!r} in memory; raise the cache budget")
+        train_tokens = split[0]
     model = build_classifier(config, backbone, data.task.num_classes, source_prompt, reference_norm, train_tokens)
-    labels = [data.labels[s] for s in ("train", "val", "test")]
+    kwargs = {"keep": keep, "seed": config.seed, "batch_size": config.batch_size,
+              "names": (train_name, "val", "test"), "eval_batch_size": train_cfg.eval_batch_size}
     if cache_features and config.head_only:
-        inputs = data.head_features(backbone, model.prompt_source().get("prompt"), resolve_device(device))
-        trained = model.head
+        splits = data.head_splits(backbone, model.prompt_source().get("prompt"), resolve_device(device), **kwargs)
+        trained: torch.nn.Module = model.head
     else:
-        inputs = [data.tokens[s] for s in ("train", "val", "test")]
+        splits = data.splits(**kwargs)
         trained = model
-    splits = list(zip(inputs, labels))
-    if keep is not None:
-        splits[0] = (inputs[0][keep], labels[0][keep])
-    if config.train_split == "trainval":  # a final run: val is training data now, the last epoch counts
-        splits[0] = (torch.cat([splits[0][0], splits[1][0]]), torch.cat([splits[0][1], splits[1][1]]))
+    if config.train_split == "trainval":  # a final run: val is training data now
         splits[1] = None  # type: ignore[call-overload]
     if config.stage == "search":  # a grid point is chosen on val: it never sees the test split
         splits[2] = None  # type: ignore[call-overload]
-    result = fit(trained, *splits, train_config(config, device))
+    result = fit(trained, *splits, train_cfg)
     record = result.to_record()
     if keep is not None:
         record["final"]["n_train"] = len(keep)
@@ -186,7 +139,7 @@ class TargetRunner:
         self.data: dict[str, TargetData] = {}
 
     def target(self, name: str) -> TargetData:
-        """The embedded data of target ``name`` (loaded once)."""
+        """The data of target ``name``, embedded where it fits the cache budget (loaded once)."""
         profile = self.profile
         if self.backbone is None:
             self.backbone = load_vision_backbone(profile.vision_backbone, profile.image_size,

@@ -13,13 +13,14 @@ import time
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy import ndimage
 
 from cmpt.assets import AssetError
 from cmpt.backbones.vision import VisionPreprocess
-from cmpt.data import (IMAGE_TASKS, PAIR_SEPARATOR, TEXT_TASKS, VTAB_TASKS, fraction_indices, kshot_indices,
-                       load_image_task, load_text_task, load_vtab_folder, render_generated, split_indices,
-                       split_sizes, to_tensor)
+from cmpt.data import (IMAGE_TASKS, PAIR_SEPARATOR, TEXT_TASKS, VTAB_TASKS, ImageFiles, fraction_indices,
+                       kshot_indices, load_image_task, load_text_task, load_vtab_folder, render_generated,
+                       split_indices, split_sizes, to_tensor)
 from cmpt.data.generated import CLEVR_BACKGROUND
 from cmpt.data.splits import split_path
 from cmpt.data.text_tasks import KEYWORDS, MARKER, MARKER_COUNTS
@@ -299,13 +300,15 @@ def test_hub_task_without_datasets_says_how_to_install(monkeypatch):
 
 # --- VTAB-1k folders ----------------------------------------------------------------------------
 
-def _vtab_fixture(root, folder="eurosat", sizes=None, lines=None):
+def _vtab_fixture(root, folder="eurosat", sizes=None, lines=None, trainval=True):
+    """A small export folder: 10 / 4 / 6 images, labels i % 5, and (by default) train800val200.txt."""
     from PIL import Image
 
     task_dir = root / folder
     (task_dir / "images").mkdir(parents=True)
     rng = np.random.default_rng(0)
     counts = {"train800.txt": 10, "val200.txt": 4, "test.txt": 6}
+    written = {}
     for list_name, n in counts.items():
         entries = []
         for i in range(n):
@@ -313,6 +316,10 @@ def _vtab_fixture(root, folder="eurosat", sizes=None, lines=None):
             rel = f"images/{list_name[:-4]}_{i}.png"
             Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(task_dir / rel)
             entries.append(f"{rel} {i % 5}")
+        written[list_name] = entries
+    if trainval:
+        written["train800val200.txt"] = written["train800.txt"] + written["val200.txt"]
+    for list_name, entries in written.items():
         (task_dir / list_name).write_text("\n".join((lines or {}).get(list_name, entries)) + "\n")
     return task_dir
 
@@ -320,20 +327,77 @@ def _vtab_fixture(root, folder="eurosat", sizes=None, lines=None):
 def test_vtab_folder_loads_lists_and_images(tmp_path, tmp_cache):
     _vtab_fixture(tmp_path)
     task = load_vtab_folder(tmp_path, "eurosat")
-    assert task.images.shape == (20, 12, 12, 3) and task.images.dtype == np.uint8
-    assert {k: len(v) for k, v in task.splits.items()} == {"train": 10, "val": 4, "test": 6}
+    assert isinstance(task.images, ImageFiles) and len(task.images) == 20 and not task.in_memory
+    assert {k: len(v) for k, v in task.splits.items()} == {"train": 10, "val": 4, "test": 6, "trainval": 14}
     assert task.group == "Specialized" and task.num_classes == 10
     assert task.labels[task.splits["test"]].tolist() == [0, 1, 2, 3, 4, 0]
-    assert len(task.split("trainval")[0]) == 14
+    images, labels = task.split("test")
+    assert images.shape == (6, 12, 12, 3) and images.dtype == np.uint8
+    assert np.array_equal(images[2], np.asarray(Image.open(tmp_path / "eurosat/images/test_2.png")))
+    assert len(task.split("trainval")[0]) == 14 and task.meta["trainval"] == "train800val200.txt"
+    assert np.array_equal(task.indices("trainval"), np.concatenate([task.splits["train"], task.splits["val"]]))
     fewer = load_vtab_folder(tmp_path, "eurosat", n_train=5)  # a stratified subset of train800
     assert len(fewer.splits["train"]) == 5 and sorted(fewer.labels[fewer.splits["train"]]) == [0, 1, 2, 3, 4]
+    assert fewer.size("trainval") == 9  # the chosen train subset + val200, not the 1,000 of the list
+
+
+def test_vtab_images_are_decoded_per_batch_not_at_load(tmp_path, tmp_cache, monkeypatch):
+    import cmpt.data.task as task_module
+
+    _vtab_fixture(tmp_path)
+    calls = []
+    real = task_module.read_image
+    monkeypatch.setattr(task_module, "read_image", lambda path: calls.append(path) or real(path))
+    task = load_vtab_folder(tmp_path, "eurosat")
+    assert calls == []  # only the lists were read
+    pre = VisionPreprocess(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    loader = task.loader("test", pre, batch_size=4)
+    batches = iter(loader)
+    x, y = next(batches)
+    assert x.shape == (4, 3, 16, 16) and len(calls) == 4  # the first batch only
+    rest = [b for b in batches]
+    assert len(calls) == 6 and [len(b[1]) for b in rest] == [2]
+    whole = to_tensor(task.split("test")[0], pre)
+    torch.testing.assert_close(torch.cat([x, rest[0][0]]), whole)
+    assert torch.equal(torch.cat([y, rest[0][1]]), torch.as_tensor(task.labels[task.splits["test"]]))
+
+
+def test_vtab_trainval_list_is_used_and_checked(tmp_path, tmp_cache):
+    # listed under file names of its own (a re-export): those files are the trainval split
+    folder = _vtab_fixture(tmp_path / "a", trainval=False)
+    pairs = [line.split() for name in ("train800.txt", "val200.txt") for line in (folder / name).read_text().splitlines()]
+    for rel, _ in pairs:
+        (folder / rel.replace("images/", "images/tv_")).write_bytes((folder / rel).read_bytes())
+    (folder / "train800val200.txt").write_text("\n".join(f"{rel.replace('images/', 'images/tv_')} {y}"
+                                                         for rel, y in reversed(pairs)) + "\n")
+    task = load_vtab_folder(tmp_path / "a", "eurosat")
+    assert task.size("trainval") == 14 and len(task.images) == 20 + 14
+    names = [task.images.names[i] for i in task.indices("trainval")]
+    assert names[0] == "images/tv_val200_3.png" and names[-1] == "images/tv_train800_0.png"
+    listed, labels = task.split("trainval")
+    assert np.array_equal(listed[::-1], np.concatenate([task.split("train")[0], task.split("val")[0]]))
+    assert labels[::-1].tolist() == [int(y) for _, y in pairs]
+    # without the file, trainval is train800 followed by val200
+    _vtab_fixture(tmp_path / "b", trainval=False)
+    plain = load_vtab_folder(tmp_path / "b", "eurosat")
+    assert "trainval" not in plain.splits and plain.size("trainval") == 14 and plain.meta["trainval"] == "train + val"
+    # a list that is not train800 + val200 is refused
+    _vtab_fixture(tmp_path / "c", lines={"train800val200.txt": ["images/train800_0.png 0"]})
+    with pytest.raises(AssetError, match="does not hold train800 \\+ val200"):
+        load_vtab_folder(tmp_path / "c", "eurosat")
+    _vtab_fixture(tmp_path / "d", lines={"train800val200.txt": ["images/train800_0.png 3"]})
+    with pytest.raises(AssetError, match="train800_0.png has label 3 but 0"):
+        load_vtab_folder(tmp_path / "d", "eurosat")
 
 
 def test_vtab_root_from_environment_and_paper_profile(tmp_path, tmp_cache, monkeypatch):
     _vtab_fixture(tmp_path, folder="oxford_iiit_pet", sizes={0: 20})  # export's folder name, mixed sizes
     monkeypatch.setenv("CMPT_VTAB_ROOT", str(tmp_path))
     task = load_image_task("pets", PAPER.replace(image_size=16))
-    assert task.images.shape == (20, 16, 16, 3) and task.group == "Natural" and task.num_classes == 37
+    assert task.split("train")[0].shape == (10, 16, 16, 3) and task.group == "Natural" and task.num_classes == 37
+    pre = VisionPreprocess(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    x, _ = next(iter(task.loader("train", pre, batch_size=3)))  # each file is resized by itself
+    assert x.shape == (3, 3, 16, 16)
 
 
 def test_vtab_rejects_paths_outside_the_folder_and_bad_labels(tmp_path):

@@ -6,7 +6,8 @@ import torch
 from cmpt.backbones import load_vision_backbone
 from cmpt.experiments import source_bank
 from cmpt.run_config import SourceConfig, TargetConfig
-from cmpt.runner import prepare_target, run_target
+from cmpt.runner import run_target
+from cmpt.target_data import prepare_target
 from cmpt.sweep import target_sweep
 from cmpt.profiles import get_profile
 from cmpt.results import ResultsStore

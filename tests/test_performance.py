@@ -205,8 +205,9 @@ def test_cache_features_switch_recomputes_the_backbone_every_epoch(tmp_path, mon
     import numpy as np
 
     from cmpt.run_config import TargetConfig
-    from cmpt.runner import TargetData, run_target
+    from cmpt.runner import run_target
     from cmpt.profiles import get_profile
+    from cmpt.target_data import TargetData
 
     monkeypatch.setenv("CMPT_RESULTS", str(tmp_path))
     cfg = get_profile("smoke")
@@ -281,6 +282,41 @@ def test_python_m_cmpt_bench_prints_the_five_figures(tmp_path):
     result = BenchResult.from_json(out.read_text())
     assert result.figures["prompt_tuning"]["images_per_s"]["cmpt"] > 0
     assert result.lines()[2:7] == lines[2:7]
+
+
+def test_bench_memory_stays_flat_as_the_test_split_grows(tmp_path):
+    """Ten times the test images (streamed from disk, 224 px) must not take much more memory."""
+    out = tmp_path / "memory.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("CMPT_RECORDS", "MPLBACKEND")}
+    proc = subprocess.run([sys.executable, "-m", "cmpt.bench", "--memory", "--memory-sizes", "100", "1000",
+                           "--memory-train", "64", "--memory-val", "32", "--memory-cache-mib", "16",
+                           "--device", "cpu", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[1].strip() for line in lines[1:3]] == ["n_test=100", "n_test=1,000"], lines
+    assert re.search(r"peak ratio n_test=1,000 / n_test=100: \d\.\d{3} \(goal <= 1.25\)", lines[3]), lines
+    import json
+
+    result = json.loads(out.read_text())
+    runs = {r["n_test"]: r for r in result["runs"]}
+    assert runs[1000]["streamed"] == ["test"] and runs[1000]["cached"] == ["train", "val"]
+    assert runs[1000]["cached_bytes"] <= 16 * 2**20
+    # one test split of 1,000 224 px images would take ~600 MB as fp32 pixels: streaming keeps it out
+    assert result["ratio"] <= 1.25, lines
+
+
+def test_bench_memory_options_reach_the_config():
+    from cmpt.bench import memory_config_from_args
+    from cmpt.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--memory", "--memory-sizes", "10", "20", "--memory-setting", "linear",
+                                      "--memory-cache-mib", "8", "--device", "cpu"])
+    mc = memory_config_from_args(args)
+    assert (mc.sizes, mc.setting, mc.cache_mib, mc.device, mc.image_size, mc.n_train) == ((10, 20), "linear", 8,
+                                                                                           "cpu", 224, 800)
+    with pytest.raises(ValueError, match="at least two"):
+        memory_config_from_args(build_parser().parse_args(["bench", "--memory", "--memory-sizes", "10"]))
 
 
 def test_cmpt_bench_subcommand_is_wired():

@@ -147,14 +147,14 @@ def _clevr(task: str, index: int) -> tuple[np.ndarray, int, dict[str, float]]:
 _RENDERERS = {"dsprites_loc": _dsprite, "dsprites_ori": _dsprite, "clevr_count": _clevr}
 
 
-def render_generated(task: str, n: int) -> tuple[np.ndarray, np.ndarray, list[dict[str, float]]]:
-    """Images ``0..n-1`` of a generated task: uint8 ``[n, 64, 64, 3]``, int64 labels, latents."""
+def render_generated(task: str, n: int, start: int = 0) -> tuple[np.ndarray, np.ndarray, list[dict[str, float]]]:
+    """Images ``start..start+n-1`` of a generated task: uint8 ``[n, 64, 64, 3]``, int64 labels, latents."""
     if task not in _RENDERERS:
         raise ValueError(f"unknown generated task {task!r}; valid: {', '.join(_RENDERERS)}")
     images = np.empty((n, CANVAS, CANVAS, 3), np.uint8)
     labels = np.empty(n, np.int64)
     latents = []
     for i in range(n):
-        images[i], labels[i], lat = _RENDERERS[task](task, i)
+        images[i], labels[i], lat = _RENDERERS[task](task, start + i)
         latents.append(lat)
     return images, labels, latents

@@ -13,8 +13,9 @@ Specialized (a narrow imaging domain; VTAB: medical, satellite images)
 Structured (geometry, position, counting; VTAB: dSprites, CLEVR, smallNORB...)
     ``dsprites_loc``, ``dsprites_ori``, ``clevr_count``: see :mod:`cmpt.data.generated`.
 
-Images are kept as uint8 ``[N, H, W, 3]`` at native resolution (grayscale replicated);
-:func:`to_tensor` resizes and normalises them for a backbone.
+Images are kept in memory as uint8 ``[N, H, W, 3]`` at native resolution (grayscale
+replicated); :func:`~cmpt.data.task.to_tensor` resizes and normalises them for a backbone. The
+task type itself, :class:`~cmpt.data.task.ImageTask`, lives in :mod:`cmpt.data.task`.
 """
 
 from __future__ import annotations
@@ -24,15 +25,15 @@ import io
 import os
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from cmpt.assets import AssetError, package_file
-from cmpt.backbones.vision import VisionPreprocess
 from cmpt.data.generated import GENERATED_CLASSES, render_generated
 from cmpt.data.splits import SPLIT_SEED, split_indices
+from cmpt.data.task import ImageTask, to_tensor
+from cmpt.data.vtab import VTAB_TASKS, load_vtab_folder
 from cmpt.profiles import Profile
 
 __all__ = ["IMAGE_GROUPS", "IMAGE_TASKS", "ImageTask", "ImageTaskSpec", "load_image_task", "to_tensor"]
@@ -44,35 +45,6 @@ ANIMAL_MNIST = ("animal-mnist", "0.4", "animal_mnist/data/Animal_MNIST/animal_{}
 ANIMAL_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
 TEXTURE_NAMES = ("brick", "grass", "gravel")
 TEXTURE_PATCH = 32  # 512 / 32 = 16 x 16 = 256 non-overlapping patches per texture
-
-
-@dataclass
-class ImageTask:
-    """An image classification task with fixed splits (indices into ``images``)."""
-
-    name: str
-    group: str
-    classes: tuple[str, ...]
-    images: np.ndarray  # uint8 [N, H, W, 3]
-    labels: np.ndarray  # int64 [N]
-    splits: dict[str, np.ndarray]  # "train", "val", "test" -> int64 indices
-    description: str = ""
-    source: str = ""
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(images, labels)`` of one split (``"trainval"`` = train followed by val)."""
-        if name == "trainval":
-            idx = np.concatenate([self.splits["train"], self.splits["val"]])
-        elif name in self.splits:
-            idx = self.splits[name]
-        else:
-            raise ValueError(f"unknown split {name!r}; valid: {', '.join([*self.splits, 'trainval'])}")
-        return self.images[idx], self.labels[idx]
 
 
 @dataclass(frozen=True)
@@ -191,8 +163,6 @@ IMAGE_TASKS: dict[str, ImageTaskSpec] = {s.name: s for s in (
 
 
 def _use_vtab(name: str, profile: Profile, source: str) -> bool:
-    from cmpt.data.vtab import VTAB_TASKS
-
     if source not in ("auto", "embedded", "vtab"):
         raise ValueError(f"source must be 'auto', 'embedded' or 'vtab', got {source!r}")
     if name not in IMAGE_TASKS and name not in VTAB_TASKS:
@@ -217,8 +187,6 @@ def load_image_task(name: str, profile: Profile, seed: int = SPLIT_SEED, source:
     class-stratified, fixed by ``seed`` and saved under ``cache_dir()/splits/``.
     """
     if _use_vtab(name, profile, source):
-        from cmpt.data.vtab import load_vtab_folder
-
         return load_vtab_folder(vtab_root, name, n_train=profile.n_train, n_val=profile.n_val,
                                 n_test=profile.n_test, image_size=profile.image_size, seed=seed)
     spec = IMAGE_TASKS[name]
@@ -226,31 +194,3 @@ def load_image_task(name: str, profile: Profile, seed: int = SPLIT_SEED, source:
     splits = split_indices(labels, profile.n_train, profile.n_val, profile.n_test, seed=seed, task=f"image-{name}")
     return ImageTask(name=name, group=spec.group, classes=spec.classes, images=images, labels=labels,
                      splits=splits, description=spec.description, source=spec.source)
-
-
-def to_tensor(images: np.ndarray, preprocess: VisionPreprocess, chunk: int = 256) -> torch.Tensor:
-    """uint8 ``[N, H, W(, C)]`` -> float ``[N, 3, S, S]``: resized, scaled to [0, 1], normalised.
-
-    Grayscale (no channel axis, or one channel) is replicated to three channels. Resizing uses
-    ``preprocess.interpolation`` (bicubic by default, antialiased when shrinking) and clamps
-    the overshoot of bicubic back to [0, 1] before normalising, as a uint8 resize would.
-    """
-    arr = np.asarray(images)
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
-        raise ValueError(f"expected images [N, H, W], [N, H, W, 1] or [N, H, W, 3], got {arr.shape}")
-    size = preprocess.image_size
-    mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1)
-    scale = 255.0 if arr.dtype == np.uint8 else 1.0
-    out = torch.empty((len(arr), 3, size, size), dtype=torch.float32)
-    for start in range(0, len(arr), chunk):
-        x = torch.from_numpy(np.ascontiguousarray(arr[start:start + chunk])).permute(0, 3, 1, 2).float() / scale
-        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        if x.shape[-2:] != (size, size):
-            mode = preprocess.interpolation
-            kwargs = {"align_corners": False, "antialias": True} if mode in ("bicubic", "bilinear") else {}
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode=mode, **kwargs).clamp_(0.0, 1.0)
-        out[start:start + len(x)] = (x - mean) / std
-    return out
