@@ -22,7 +22,7 @@ The layout decides the indices: ``before_cls`` is ``[P; CLS; patches]`` and ``af
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 

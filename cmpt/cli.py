@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cmpt.errors import CmptError, check_names
+from cmpt.errors import CmptError, InputError, check_names
 from cmpt.profiles import PROFILES, Profile, ProfileError, get_profile, parse_value
 
 __all__ = ["main"]
@@ -51,7 +51,9 @@ def _profile_from(args: argparse.Namespace) -> Profile:
 def _grid(args: argparse.Namespace, profile: Profile) -> tuple[list[str], list[str], list[str]]:
     """The settings, targets and sources asked for, every name checked before any work starts."""
     from cmpt.data import IMAGE_TASKS, VTAB_TASKS
+    from cmpt.experiments import bank_width, vision_width
     from cmpt.run_config import SETTING_HPARAMS
+    from cmpt.transfer import accepts_width
 
     settings = args.settings or list(SETTING_HPARAMS)
     check_names("setting", settings, SETTING_HPARAMS)
@@ -60,6 +62,16 @@ def _grid(args: argparse.Namespace, profile: Profile) -> tuple[list[str], list[s
     sources = args.sources or list(profile.text_tasks)
     check_names("source", sources, profile.text_tasks,
                 hint=f"the source bank of profile {profile.name}; add tasks with -p text_tasks")
+    prompt_width, target_width = bank_width(profile), vision_width(profile)
+    narrow = [s for s in settings if not accepts_width(s, prompt_width, target_width)]
+    if narrow and args.settings:
+        raise InputError(f"{' and '.join(narrow)} transfer inserts the source prompts as they are, but they are "
+                         f"{prompt_width} wide and {profile.vision_backbone} is {target_width}; use projection or "
+                         "attention transfer, which map widths")
+    if narrow:
+        print(f"cmpt sweep: leaving out {', '.join(narrow)}: the source prompts are {prompt_width} wide, "
+              f"{profile.vision_backbone} {target_width}", file=sys.stderr)
+        settings = [s for s in settings if s not in narrow]
     return settings, targets, sources
 
 

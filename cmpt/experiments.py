@@ -17,7 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from cmpt.backbones import PromptedTextEncoder, PromptedViT, load_text_backbone, load_vision_backbone
+from cmpt.backbones import PromptedTextEncoder, load_text_backbone
+from cmpt.backbones.text import TEXT_SHAPES
+from cmpt.backbones.vision_zoo import VISION_SHAPES, split_location
 from cmpt.data import load_text_task
 from cmpt.errors import check_names
 from cmpt.model_files import ModelFileError, load_trained
@@ -30,7 +32,7 @@ from cmpt.source_training import train_source_prompt
 from cmpt.sweep import target_sweep
 from cmpt.transfer import PromptedClassifier, accepts_width
 
-__all__ = ["SOURCE_BANKS", "TargetPrompts", "TrainedRun", "source_bank", "target_vpt_prompts", "trained_models",
+__all__ = ["SOURCE_BANKS", "TargetPrompts", "TrainedRun", "bank_width", "source_bank", "vision_width", "target_vpt_prompts", "trained_models",
            "usable_sources"]
 
 #: where a profile's source prompts come from (``Profile.source_bank``)
@@ -70,6 +72,21 @@ def source_bank(profile: Profile, seed: int | None = None, encoder: PromptedText
     configs = [SourceConfig.of(profile, task, seed) for task in profile.text_tasks]
     run_missing(store, configs, train, desc="source prompts")
     return {c.task: load_prompt(store.resolve(store.get(c)["final"]["prompt_file"])) for c in configs}
+
+
+def bank_width(profile: Profile) -> int:
+    """The width of ``profile``'s source prompts, known before any prompt is loaded or trained."""
+    check_names("source bank", profile.source_bank, SOURCE_BANKS)
+    backbone = "roberta-base" if profile.source_bank == "su2022" else split_location(profile.text_backbone)[0]
+    check_names("text backbone", backbone, TEXT_SHAPES)
+    return TEXT_SHAPES[backbone][0]
+
+
+def vision_width(profile: Profile) -> int:
+    """The width of ``profile``'s vision backbone, known before it is loaded."""
+    base = split_location(profile.vision_backbone)[0]
+    check_names("vision backbone", base, VISION_SHAPES)
+    return VISION_SHAPES[base][0]
 
 
 def usable_sources(setting: str, bank: Mapping[str, Prompt], target_width: int) -> list[str]:

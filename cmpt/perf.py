@@ -41,7 +41,6 @@ from cmpt.backbones.vision import VisionPreprocess
 from cmpt.backbones.vision_zoo import split_location
 from cmpt.bench_config import BenchConfig, MemoryConfig
 from cmpt.gaps.mmd import BANDWIDTH_FACTORS, modality_gap_table
-from cmpt.cost import vit_image_flops
 from cmpt.profiles import Profile, get_profile
 from cmpt.train import TrainConfig, make_optimizer, resolve_device, resolve_precision, train_step
 from cmpt.transfer import LearnedPrompt, PromptedClassifier
@@ -614,7 +613,8 @@ def memory_run(spec: Mapping[str, Any]) -> dict[str, Any]:
     profile = get_profile("paper", vision_backbone=spec["backbone"], image_size=spec["image_size"],
                           n_train=spec["n_train"], n_val=spec["n_val"], n_test=spec["n_test"],
                           prompt_length=spec["prompt_length"], batch_size=spec["batch_size"],
-                          target_epochs=spec["epochs"], head_epochs=spec["epochs"], device=str(device))
+                          target_epochs=spec["epochs"], head_epochs=spec["epochs"], concentrated_grid=(),
+                          device=str(device))
     start_rss = _peak_rss(resource.RUSAGE_SELF)
     start = time.perf_counter()
     data = prepare_target(spec["task"], profile, backbone, device=device, cache_bytes=int(spec["cache_mib"]) << 20,

@@ -31,7 +31,7 @@ import pandas as pd
 from cmpt.cost import grid_cost
 from cmpt.profiles import Profile
 from cmpt.prompts import Prompt
-from cmpt.results import ResultsStore
+from cmpt.results import ResultsStore, RunFailedError
 from cmpt.run_config import TargetConfig
 from cmpt.sweep import target_sweep
 
@@ -96,7 +96,8 @@ def _best(store: ResultsStore, points: Sequence[TargetConfig]) -> tuple[TargetCo
         if best is None or score > best[0]:
             best = (score, point, int(record["final"]["best_epoch"]))
     if best is None:
-        raise RuntimeError(f"no search run of {points[0].setting} on {points[0].target} finished")
+        raise RunFailedError(f"no search run of {points[0].setting} on {points[0].target} finished; "
+                             "their records say why (run the sweep again to retry them)")
     return best[1], best[2]
 
 
@@ -111,7 +112,8 @@ def run_protocol(profile: Profile, configs: Iterable[TargetConfig], prompts: Map
 
     Under ``"val"`` that is the configs themselves. Under ``"vtab"`` the searches come first (all
     groups together, phase by phase, so an executor runs them in parallel), then the finals; the
-    table holds the final runs. ``options`` go to :func:`cmpt.sweep.target_sweep`.
+    table holds the final runs; its ``attrs["sweep"]`` counts the runs of every phase.
+    ``options`` go to :func:`cmpt.sweep.target_sweep`.
     """
     configs = list(configs)
     store = store or ResultsStore.for_profile(profile)
@@ -125,9 +127,11 @@ def run_protocol(profile: Profile, configs: Iterable[TargetConfig], prompts: Map
     spaces = {key: search_space(profile, key.setting) for key in groups}
     ls_phase = {key: search_configs(key, space, seed, phase="ls") for key, space in spaces.items()
                 if space is not None and space.concentrated}
+    reports = []
     if ls_phase:
-        target_sweep(profile, [c for points in ls_phase.values() for c in points], prompts,
-                     desc=f"{desc}: l_s search", store=store, save_models=False, **options)
+        reports.append(target_sweep(profile, [c for points in ls_phase.values() for c in points], prompts,
+                                    desc=f"{desc}: l_s search", store=store, save_models=False,
+                                    **options).attrs["sweep"])
     lr_phase = {}
     for key, space in spaces.items():
         if space is None:
@@ -136,12 +140,17 @@ def run_protocol(profile: Profile, configs: Iterable[TargetConfig], prompts: Map
         concentrated = _best(store, ls_phase[key])[0].concentrated if key in ls_phase else None
         lr_phase[key] = search_configs(key, space, seed, concentrated=concentrated)
     if lr_phase:
-        target_sweep(profile, [c for points in lr_phase.values() for c in points], prompts,
-                     desc=f"{desc}: search", store=store, save_models=False, **options)
+        reports.append(target_sweep(profile, [c for points in lr_phase.values() for c in points], prompts,
+                                    desc=f"{desc}: search", store=store, save_models=False,
+                                    **options).attrs["sweep"])
     for key, points in lr_phase.items():
         chosen[key] = _best(store, points)
     finals = [final_config(chosen[key][0], chosen[key][1], s) for key, seeds in groups.items() for s in seeds]
     table = target_sweep(profile, finals, prompts, desc=f"{desc}: final runs", store=store, **options)
+    reports.append(table.attrs["sweep"])
+    table.attrs["sweep"] = {"executor": reports[-1]["executor"],
+                            **{k: sum(r[k] for r in reports) for k in ("total", "ran", "skipped")},
+                            "failed": [h for r in reports for h in r["failed"]]}
     return table
 
 

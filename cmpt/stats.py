@@ -36,7 +36,7 @@ from scipy import stats
 
 from cmpt.errors import InputError, check_names
 
-__all__ = ["BOOTSTRAP_METHODS", "CORRELATIONS", "LEVEL", "N_RESAMPLES", "Interval", "NoiseCeiling",
+__all__ = ["VERDICTS", "BOOTSTRAP_METHODS", "CORRELATIONS", "LEVEL", "N_RESAMPLES", "Interval", "NoiseCeiling",
            "bootstrap_interval", "compare_settings", "correlation_interval", "decode_correct", "encode_correct",
            "format_interval", "interval_table", "noise_ceiling", "paired_bootstrap", "paired_t",
            "paired_t_over_targets", "per_target_correlation", "rank_correlation", "seed_replicates",
@@ -227,6 +227,10 @@ def paired_t_over_targets(a: Sequence[float] | np.ndarray, b: Sequence[float] | 
     means = diffs.mean().to_numpy()
     return _t(means, level, f"paired t over {_plural(n_targets, 'target')} (per-target means of "
                             f"{_plural(len(x), 'pair')})")
+
+
+#: what :func:`verdict` can say
+VERDICTS = ("supported", "contradicted", "inconclusive")
 
 
 def verdict(interval: Interval, direction: int = +1) -> str:

@@ -47,7 +47,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sys
 import traceback as _traceback
 import warnings

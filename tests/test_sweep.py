@@ -24,12 +24,10 @@ import torch
 
 from cmpt.cli import main
 from cmpt.experiments import source_bank
-from cmpt.results import ResultsStore
-from cmpt.run_config import setting_configs
-from cmpt.sweep import target_sweep
 from cmpt.profiles import get_profile
 from cmpt.results import ResultsStore, config_hash
-from cmpt.sweep import SweepError, run_sweep, target_job
+from cmpt.run_config import setting_configs
+from cmpt.sweep import SweepError, run_sweep, target_job, target_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = get_profile("smoke")

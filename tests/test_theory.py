@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import pytest
 import torch
-from scipy import stats
 
 from cmpt import theory
 from cmpt.profiles import PROFILES
 from cmpt.theory import (KINDS, SEPARATED, VERDICTS, AttentionParams, MixtureSpec, attention, claims_table, cosine,
                          directions, error_rate, error_vs_n, error_vs_parameter, forward, relevant_mass,
-                         sample_mixture, sample_replicas, t_interval, theory_sizes, three_step, token_statistics,
-                         train, verdict)
+                         sample_mixture, sample_replicas, theory_sizes, three_step, token_statistics,
+                         train)
 from cmpt.theory.algorithm import split_three
 from cmpt.theory.mixture import expected_statistics
 from cmpt.theory.models import init_params
@@ -177,17 +175,6 @@ def test_error_vs_parameter_has_one_row_per_value_model_and_seed():
     assert set(table.kind) == {"prompt", "linear", "oracle"} and (table.n == sizes.n_sweep).all()
     assert table.error.between(0, 1).all()
     assert not hasattr(theory, "sweep")  # the old name is gone: it clashed with the results store's and Ray's
-
-
-def test_t_interval_and_the_verdict_rule():
-    mean, low, high = t_interval([1.0, 2.0, 3.0])
-    half = stats.t.ppf(0.975, df=2) / math.sqrt(3)  # sample sd of (1, 2, 3) is 1
-    assert (mean, low, high) == pytest.approx((2.0, 2.0 - half, 2.0 + half))
-    assert t_interval([0.4, 0.4]) == (0.4, 0.4, 0.4)
-    one = t_interval([0.3])
-    assert one[0] == 0.3 and math.isnan(one[1]) and math.isnan(one[2])
-    assert verdict(0.1, 0.5) == "supported" and verdict(-0.5, -0.1) == "contradicted"
-    assert verdict(-0.1, 0.5) == "inconclusive" and verdict(*one[1:]) == "inconclusive"
 
 
 def test_claims_table_rows_are_ordered_intervals_with_a_verdict():

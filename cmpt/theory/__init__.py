@@ -12,8 +12,7 @@
 """
 
 from cmpt.theory.algorithm import ThreeStepResult, cosine, three_step
-from cmpt.theory.evidence import (VERDICTS, claims_markdown, claims_table, markdown_table, mean_by_model, t_interval,
-                                  verdict)
+from cmpt.theory.evidence import VERDICTS, claims_markdown, claims_table, markdown_table, mean_by_model
 from cmpt.theory.mixture import MixtureBatch, MixtureSpec, directions, sample_mixture, sample_replicas, token_statistics
 from cmpt.theory.models import KINDS, AttentionParams, attention, error_rate, forward, relevant_mass, train
 from cmpt.theory.sizes import SEPARATED, SIZES, TheorySizes, theory_sizes
@@ -25,6 +24,6 @@ __all__ = [
     "TheorySizes", "ThreeStepResult", "algorithm_summary", "algorithm_vs_n", "attention", "claims_markdown",
     "claims_table", "compare_models", "cosine", "cosines_long", "directions", "error_rate", "error_vs_n",
     "error_vs_parameter", "forward", "generator_check", "markdown_table", "mean_by_model", "oracle_params",
-    "relevant_mass", "sample_mixture", "sample_replicas", "t_interval", "theory_sizes", "three_step",
-    "three_step_errors", "token_statistics", "train", "verdict",
+    "relevant_mass", "sample_mixture", "sample_replicas", "theory_sizes", "three_step",
+    "three_step_errors", "token_statistics", "train",
 ]

@@ -2,8 +2,8 @@
 
 Every claim is a *difference* that the paper (or this chapter) says is positive, computed once
 per seed (the replicas the chapter trains anyway), so that one seed's train and test sets give
-one number. The interval is a two-sided Student-t interval of the mean over seeds
-(``scipy.stats.t``, ``level`` 95% by default). The verdict rule:
+one number. The interval is :func:`cmpt.stats.t_interval` (two-sided Student-t interval of the
+mean over seeds, 95% by default) and the verdict :func:`cmpt.stats.verdict`:
 
 * ``supported``     the whole interval lies above zero,
 * ``contradicted``  the whole interval lies below zero,
@@ -12,45 +12,17 @@ one number. The interval is a two-sided Student-t interval of the mean over seed
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from cmpt.stats import VERDICTS, t_interval, verdict
 from cmpt.theory.mixture import MixtureSpec
 from cmpt.theory.sweeps import MODEL_LABELS
 
-__all__ = ["VERDICTS", "Claim", "t_interval", "verdict", "per_seed", "claims_table", "claims_markdown",
+__all__ = ["VERDICTS", "Claim", "per_seed", "claims_table", "claims_markdown",
            "mean_by_model", "markdown_table"]
-
-VERDICTS = ("supported", "contradicted", "inconclusive")
-
-
-def t_interval(values: np.ndarray | list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the Student-t interval of the mean; ``nan`` bounds below two values."""
-    x = np.asarray(values, dtype=float)
-    mean = float(x.mean()) if x.size else math.nan
-    if x.size < 2:
-        return mean, math.nan, math.nan
-    sem = float(x.std(ddof=1) / math.sqrt(x.size))
-    if sem == 0.0:  # every seed gave the same number
-        return mean, mean, mean
-    low, high = stats.t.interval(level, df=x.size - 1, loc=mean, scale=sem)
-    return mean, float(low), float(high)
-
-
-def verdict(low: float, high: float) -> str:
-    """The page's rule for a claimed-positive difference (see the module docstring)."""
-    if math.isnan(low) or math.isnan(high):
-        return "inconclusive"
-    if low > 0:
-        return "supported"
-    if high < 0:
-        return "contradicted"
-    return "inconclusive"
-
 
 def per_seed(data: pd.DataFrame, value: str = "error", **where: object) -> pd.Series:
     """``value`` per seed among the rows matching every ``column=value`` in ``where`` (floats: closest)."""
@@ -76,9 +48,9 @@ class Claim:
     differences: pd.Series  # indexed by seed
 
     def row(self, level: float = 0.95) -> dict[str, object]:
-        effect, low, high = t_interval(self.differences.to_numpy(), level)
-        return dict(slug=self.slug, claim=self.claim, measured=self.measured, effect=effect, low=low, high=high,
-                    seeds=len(self.differences), verdict=verdict(low, high))
+        interval = t_interval(self.differences.to_numpy(), level)
+        return dict(slug=self.slug, claim=self.claim, measured=self.measured, effect=interval.estimate,
+                    low=interval.low, high=interval.high, seeds=len(self.differences), verdict=verdict(interval))
 
 
 def claims_table(spec: MixtureSpec, by_n: pd.DataFrame, by_zeta: pd.DataFrame, by_delta: pd.DataFrame,
