@@ -34,7 +34,7 @@ def _run(setting: str, data: TargetData, backbone, seed: int = 3, epochs: int = 
          source: torch.Tensor | None = None):
     """One target run the way cmpt.experiments.run_target does it, on ``data``'s splits."""
     torch.manual_seed(seed)
-    prompt_source = make_prompt_source(setting, backbone, LENGTH, source=source, reference_norm=2.0, seed=seed)
+    prompt_source = make_prompt_source(setting, backbone, LENGTH, source_prompt=source, reference_norm=2.0, seed=seed)
     model = PromptedClassifier(backbone, prompt_source, data.task.num_classes)
     cfg = TrainConfig(base_lr=0.4 if setting in HEAD_ONLY else 0.1, batch_size=16, epochs=epochs, warmup_epochs=1,
                       seed=seed, device="cpu")
