@@ -31,7 +31,7 @@ import pandas as pd
 from cmpt.cost import grid_cost
 from cmpt.profiles import Profile
 from cmpt.prompts import Prompt
-from cmpt.results import ResultsStore, RunFailedError
+from cmpt.results import ResultsStore, RunFailedError, config_hash
 from cmpt.run_config import TargetConfig
 from cmpt.sweep import target_sweep
 
@@ -175,7 +175,7 @@ def planned_runs(profile: Profile, configs: Iterable[TargetConfig]) -> list[Targ
             out += search_configs(key, space, seed, phase="ls") if space.concentrated else []
             out += search_configs(key, space, seed)
         out += [final_config(key, key.epochs, s) for s in seeds]
-    return out
+    return list({config_hash(c): c for c in out}.values())  # a point two phases share runs once
 
 
 def plan_table(profile: Profile, configs: Iterable[TargetConfig], **cost: Any) -> pd.DataFrame:

@@ -161,10 +161,10 @@ def _check_performance(rec: dict) -> None:
     assert rec["performance/images_per_s"]["cmpt"] > 0 and rec["performance/images_per_s"]["reference"] > 0
     assert rec["performance/parity_max_logit_diff"] < 1e-4 and rec["performance/mmd_max_rel_diff"] < 1e-9
     grid = rec["performance/paper_grid"]
-    # 19 targets, 3 final seeds; grids: 36 points (VPT's 9 x 4) for linear, random, vpt, vpt_deep, spt and
-    # frozen (x 13 sources), 1 for projection (x 13), 10 l_s + 8 x 4 for attention (x 13); no source training
+    # 19 targets, 3 final seeds; grids: 36 points (VPT's 9 x 4) for linear, random, random_xavier, vpt,
+    # vpt_deep, spt and frozen (x 13 sources), 1 for projection (x 13), 10 l_s + 8 x 4 for attention (x 13)
     finals = 3
-    expected = 19 * (5 * (36 + finals) + 13 * (36 + finals) + 13 * (1 + finals) + 13 * (10 + 32 + finals))
+    expected = 19 * (6 * (36 + finals) + 13 * (36 + finals) + 13 * (1 + finals) + 13 * (10 + 32 + finals))
     assert grid["runs"] == expected and grid["gpu_hours"] > 0 and grid["measured"] is False
     run_seconds = rec["performance/run_seconds"]
     assert all(v >= 0 for v in run_seconds.values())

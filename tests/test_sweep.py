@@ -230,6 +230,7 @@ def test_cli_plan_prints_search_and_final_runs_and_runs_nothing(tmp_path, capsys
     out = capsys.readouterr().out
     assert "grid search on train800" in out and "GPU hours" in out
     vpt = next(line for line in out.splitlines() if line.startswith("vpt "))
+    assert "spt " in out and "random_xavier " in out
     assert vpt.split()[1:3] == ["684", "57"]  # 19 targets x 36 grid points; 19 x 3 seeds
     assert not list(tmp_path.iterdir())
 
