@@ -216,12 +216,13 @@ def test_notebooks_are_committed_without_outputs():
 
 
 def test_plan_routes_overrides_and_rejects_unknown_names(tmp_path):
-    plan = plan_book(ROOT, tmp_path, "smoke", {"image_size": 48, "su2022_dir": "/x"})
+    plan = plan_book(ROOT, tmp_path, "smoke", {"image_size": 48, "tokens_shown": 2})
     for chapter in plan.chapters:
         if chapter.is_notebook:
             params = plan.parameters[chapter.entry]
             assert params["profile"] == "smoke" and params["overrides"] == {"image_size": 48}
-    assert plan.parameters["book/inputs"]["su2022_dir"] == "/x"
+    assert plan.parameters["book/source_prompts"]["tokens_shown"] == 2  # a chapter parameter, its chapter only
+    assert "tokens_shown" not in plan.parameters["book/inputs"]
     with pytest.raises(ProfileError, match="unknown parameter\\(s\\) bogus.*Profile parameters:.*image_size"):
         plan_book(ROOT, tmp_path, "smoke", {"bogus": 1})
     with pytest.raises(ProfileError, match="valid profiles"):
