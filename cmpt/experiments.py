@@ -67,6 +67,7 @@ def source_bank(profile: Profile, seed: int | None = None, encoder: PromptedText
         record = result.to_record()
         record["final"]["prompt_file"] = store.relative(path)
         record["final"]["group"] = task.group
+        record["final"]["moved"] = prompt.training["moved"]
         return record
 
     configs = [SourceConfig.of(profile, task, seed) for task in profile.text_tasks]

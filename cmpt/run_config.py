@@ -65,6 +65,9 @@ class SourceConfig:
     max_length: int
     sizes: tuple[int, int, int]
     seed: int
+    #: how the prompt starts: vocabulary tokens drawn from a seed of task and seed (records from
+    #: before this field started every task from the same tokens, so their hashes differ on purpose)
+    init: str = "vocab-per-task"
 
     kind: ClassVar[str] = "source_prompt"
 

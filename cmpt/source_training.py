@@ -2,13 +2,16 @@
 
 A prompt of ``L`` vectors and a linear head on the read-out token learn a text task while
 the encoder stays frozen. The prompt starts from ``L`` randomly drawn vocabulary embeddings
-(so it lives where the encoder's inputs live); Adam with no weight decay, as AdamW with
+(so it lives where the encoder's inputs live), drawn from a seed derived from the task *and*
+the run's seed (:func:`init_seed`): two tasks never share a start, so a difference between
+two sources cannot be a difference of initialisation alone; Adam with no weight decay, as AdamW with
 wd 0 in Su et al. The result is saved in cmpt's portable prompt format with its
 validation accuracy.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
@@ -18,7 +21,18 @@ from cmpt.backbones.text import PromptedTextEncoder
 from cmpt.prompts import Prompt
 from cmpt.train import FitResult, TrainConfig, fit
 
-__all__ = ["TextPromptClassifier", "nearest_tokens", "tokenize_split", "train_source_prompt"]
+__all__ = ["TextPromptClassifier", "init_seed", "moved", "nearest_tokens", "tokenize_split", "train_source_prompt"]
+
+
+def init_seed(task: str, seed: int) -> int:
+    """The seed of a source prompt's initial vocabulary tokens: a stable function of task and seed."""
+    digest = hashlib.sha256(f"{task}:{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def moved(start: torch.Tensor, end: torch.Tensor) -> float:
+    """How far a prompt moved in training: mean token L2 distance over the mean start-token norm."""
+    return float((end - start).norm(dim=-1).mean() / start.norm(dim=-1).mean().clamp_min(1e-12))
 
 
 class TextPromptClassifier(nn.Module):
@@ -61,7 +75,8 @@ def train_source_prompt(encoder: PromptedTextEncoder, task: Any, length: int, ep
                         batch_size: int, seed: int, backbone_name: str, device: str = "auto") -> tuple[Prompt, FitResult]:
     """Tune a prompt on ``task`` (a :class:`cmpt.data.TextTask`); returns it and the fit record."""
     torch.manual_seed(seed)
-    model = TextPromptClassifier(encoder, length, len(task.classes), seed=seed)
+    model = TextPromptClassifier(encoder, length, len(task.classes), seed=init_seed(task.name, seed))
+    start = model.prompt.detach().clone()
     splits = [tokenize_split(encoder, *task.split(name)) for name in ("train", "val", "test")]
     cfg = TrainConfig(optimizer="adam", base_lr=lr, weight_decay=0.0, batch_size=batch_size, epochs=epochs,
                       warmup_epochs=0, scale_lr=False, seed=seed, selection="val", device=device)
@@ -70,6 +85,7 @@ def train_source_prompt(encoder: PromptedTextEncoder, task: Any, length: int, ep
                     layout="prepend",
                     training={"val_acc": result.final["val_acc"], "test_acc": result.final["test_acc"],
                               "best_epoch": result.final["best_epoch"], "epochs": epochs, "lr": lr, "seed": seed,
+                              "init_seed": init_seed(task.name, seed), "moved": moved(start, model.prompt.detach()),
                               "n_train": len(splits[0][1]), "selection": "val"})
     return prompt, result
 

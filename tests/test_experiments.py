@@ -103,7 +103,23 @@ def test_target_config_hash_is_that_of_the_dict_it_replaced():
         "kind": "source_prompt", "text_backbone": SMOKE.text_backbone, "readout": SMOKE.text_readout,
         "task": "keywords", "length": SMOKE.prompt_length, "epochs": SMOKE.source_epochs, "lr": SMOKE.source_lr,
         "batch_size": SMOKE.source_batch_size, "max_length": SMOKE.text_max_length,
-        "sizes": [SMOKE.text_train, SMOKE.text_val, SMOKE.text_test], "seed": 42})
+        "sizes": [SMOKE.text_train, SMOKE.text_val, SMOKE.text_test], "seed": 42, "init": "vocab-per-task"})
+
+
+def test_source_prompts_start_from_their_own_tokens_and_record_how_far_they_moved(results):
+    from cmpt.backbones import load_text_backbone
+    from cmpt.source_training import TextPromptClassifier, init_seed
+
+    encoder = load_text_backbone(SMOKE.text_backbone, readout=SMOKE.text_readout, max_length=SMOKE.text_max_length)
+    starts = {task: TextPromptClassifier(encoder, 4, 2, seed=init_seed(task, 42)).prompt for task in ("a", "b")}
+    assert not torch.equal(starts["a"], starts["b"])  # same run seed, other task: another start
+    again = TextPromptClassifier(encoder, 4, 2, seed=init_seed("a", 42)).prompt
+    assert torch.equal(starts["a"], again) and init_seed("a", 42) != init_seed("a", 44)
+    bank = source_bank(SMOKE, encoder=encoder)
+    store = ResultsStore.for_profile(SMOKE)
+    for task in bank:
+        final = store.get(SourceConfig.of(SMOKE, task, SMOKE.seeds[0]))["final"]
+        assert final["moved"] > 0 and final["moved"] == pytest.approx(bank[task].training["moved"])
 
 
 def test_spt_starts_from_prototypes_of_exactly_the_training_images_and_trains_prompt_and_head(results):
