@@ -62,12 +62,12 @@ class BenchConfig:
         The test split is capped at 2000 images (the paper profile asks for all of them);
         ``values`` set any :class:`BenchConfig` field. The smoke profile also times fewer steps.
         """
-        cfg = get_profile(profile, dict(overrides or {}))
-        base = cls(profile=cfg.name, backbone=cfg.vision_backbone, image_size=cfg.image_size,
-                   prompt_length=cfg.prompt_length, layout=cfg.prompt_layout, batch_size=cfg.batch_size,
-                   n_train=cfg.n_train, n_val=cfg.n_val, n_test=min(cfg.n_test, 2000), head_epochs=cfg.head_epochs,
-                   sources=len(cfg.text_tasks), mmd_targets=len(cfg.image_tasks), device=cfg.device)
-        if cfg.name == "smoke":
+        chosen = get_profile(profile, dict(overrides or {}))
+        base = cls(profile=chosen.name, backbone=chosen.vision_backbone, image_size=chosen.image_size,
+                   prompt_length=chosen.prompt_length, layout=chosen.prompt_layout, batch_size=chosen.batch_size,
+                   n_train=chosen.n_train, n_val=chosen.n_val, n_test=min(chosen.n_test, 2000), head_epochs=chosen.head_epochs,
+                   sources=len(chosen.text_tasks), mmd_targets=len(chosen.image_tasks), device=chosen.device)
+        if chosen.name == "smoke":
             base = replace(base, steps=2, rounds=2, warmup=1, mmd_passes=2)
         return replace(base, **values)
 

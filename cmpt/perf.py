@@ -296,8 +296,8 @@ def prompt_tuning(bc: BenchConfig, backbone: PromptedViT, device: torch.device) 
 # ----------------------------------------------------------------------------- figure 3
 
 def _bench_profile(bc: BenchConfig) -> Profile:
-    cfg = get_profile(bc.profile)
-    return cfg.replace(vision_backbone=bc.backbone, image_size=bc.image_size, prompt_length=bc.prompt_length,
+    profile = get_profile(bc.profile)
+    return profile.replace(vision_backbone=bc.backbone, image_size=bc.image_size, prompt_length=bc.prompt_length,
                        prompt_layout=bc.layout, n_train=bc.n_train, n_val=bc.n_val, n_test=bc.n_test,
                        head_epochs=bc.head_epochs, batch_size=bc.batch_size)
 
@@ -337,12 +337,12 @@ def head_only(bc: BenchConfig, backbone: PromptedViT, device: torch.device) -> d
     from cmpt.runner import run_target
     from cmpt.prompts import Prompt
 
-    cfg = _bench_profile(bc)
+    profile = _bench_profile(bc)
     gen = torch.Generator().manual_seed(bc.seed + 2)
     prompts = {f"source{i}": Prompt(torch.randn(bc.prompt_length, backbone.width, generator=gen))
                for i in range(bc.sources)}
     plan = [("linear", None), ("random", None)] + [("frozen", s) for s in prompts]
-    configs = [TargetConfig.of(cfg, setting, "bench", bc.seed, source=source, **SETTING_HPARAMS[setting])
+    configs = [TargetConfig.of(profile, setting, "bench", bc.seed, source=source, **SETTING_HPARAMS[setting])
                for setting, source in plan]
     dev = str(device)
 
@@ -624,7 +624,7 @@ def memory_run(spec: Mapping[str, Any]) -> dict[str, Any]:
     model = PromptedClassifier(backbone, make_prompt_source(setting, backbone, profile.prompt_length, seed=seed),
                                data.task.num_classes)
     hp = SETTING_HPARAMS[setting]
-    cfg = TrainConfig(optimizer=hp["optimizer"], base_lr=hp["lr"], weight_decay=hp["weight_decay"],
+    train_cfg = TrainConfig(optimizer=hp["optimizer"], base_lr=hp["lr"], weight_decay=hp["weight_decay"],
                       batch_size=profile.batch_size, eval_batch_size=profile.batch_size, epochs=profile.target_epochs,
                       warmup_epochs=0, seed=seed, device=str(device))
     # one batch size for training and evaluation: the largest batch sets the activations' share of
@@ -636,7 +636,7 @@ def memory_run(spec: Mapping[str, Any]) -> dict[str, Any]:
     else:
         trained = model
         splits = data.splits(**batches)
-    result = fit(trained, *splits, cfg)
+    result = fit(trained, *splits, train_cfg)
     return {"n_test": int(spec["n_test"]), "peak_rss_bytes": _peak_rss(resource.RUSAGE_SELF),
             "start_rss_bytes": start_rss, "worker_peak_rss_bytes": _peak_rss(resource.RUSAGE_CHILDREN),
             "cached": sorted(data.tokens), "streamed": sorted(data.streamed), "cached_bytes": data.cached_bytes,

@@ -78,9 +78,9 @@ def train_source_prompt(encoder: PromptedTextEncoder, task: Any, length: int, ep
     model = TextPromptClassifier(encoder, length, len(task.classes), seed=init_seed(task.name, seed))
     start = model.prompt.detach().clone()
     splits = [tokenize_split(encoder, *task.split(name)) for name in ("train", "val", "test")]
-    cfg = TrainConfig(optimizer="adam", base_lr=lr, weight_decay=0.0, batch_size=batch_size, epochs=epochs,
+    train_cfg = TrainConfig(optimizer="adam", base_lr=lr, weight_decay=0.0, batch_size=batch_size, epochs=epochs,
                       warmup_epochs=0, scale_lr=False, seed=seed, selection="val", device=device)
-    result = fit(model, *splits, cfg)
+    result = fit(model, *splits, train_cfg)
     prompt = Prompt(model.prompt.detach().cpu(), source_backbone=backbone_name, task=task.name, group=task.group,
                     layout="prepend",
                     training={"val_acc": result.final["val_acc"], "test_acc": result.final["test_acc"],

@@ -75,9 +75,9 @@ def _vit_b16_in21k(image_size: int, local: str | None) -> tuple[torch.nn.Module,
             "model.safetensors of the hub repository 'timm/vit_base_patch16_224.orig_in21k' and set "
             "vision_backbone='vit-b16-in21k@/path/to/model.safetensors'."
         ) from err
-    cfg = vit.pretrained_cfg
-    mean = tuple(cfg.get("mean", (0.5, 0.5, 0.5)))
-    std = tuple(cfg.get("std", (0.5, 0.5, 0.5)))
+    pretrained = vit.pretrained_cfg
+    mean = tuple(pretrained.get("mean", (0.5, 0.5, 0.5)))
+    std = tuple(pretrained.get("std", (0.5, 0.5, 0.5)))
     return vit, VisionPreprocess(image_size, mean, std)  # type: ignore[arg-type]
 
 
