@@ -34,7 +34,7 @@ from cmpt.backbones.vision import PromptedViT, record_attention
 from cmpt.transfer import AttentionPrompt, PromptedClassifier
 
 
-__all__ = ["AttentionView", "RecordedAttention", "attention_view", "shown_images", "cls_patch_attention", "overlay", "plot_image_attention",
+__all__ = ["AttentionView", "RecordedAttention", "attention_view", "first_examples", "shown_images", "cls_patch_attention", "overlay", "plot_image_attention",
            "prompt_mass", "query_attention", "reapply_attention", "reapply_error", "record_maps", "rollout",
            "rollout_cls_patches"]
 
@@ -280,3 +280,21 @@ def attention_view(model: PromptedClassifier, tokens: torch.Tensor, labels: torc
     return AttentionView(shown, cls_patch_attention(rec).numpy(), rollout_cls_patches(rec).numpy(),
                          torch.cat(masses).numpy(), float(torch.cat(shares).mean()), rec.grid,
                          int(rec.maps.shape[0]), int(rec.maps.shape[2]), errors)
+
+
+def first_examples(split: tuple[torch.Tensor, torch.Tensor] | Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` ``(tokens, labels)`` of a split, cached (a tensor pair) or streamed (a DataLoader).
+
+    The chapter draws its maps from the start of the test split; a streamed split (the paper
+    profile's large ones) is read only that far.
+    """
+    if isinstance(split, tuple):
+        return split[0][:n], split[1][:n]
+    tokens, labels, seen = [], [], 0
+    for batch_tokens, batch_labels in split:
+        tokens.append(batch_tokens.cpu())
+        labels.append(batch_labels.cpu())
+        seen += len(batch_labels)
+        if seen >= n:
+            break
+    return torch.cat(tokens)[:n], torch.cat(labels)[:n]
