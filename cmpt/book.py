@@ -604,7 +604,8 @@ def notebook_profile(profile: str | Profile, overrides: Mapping[str, Any] | None
     names in papermill's injected cell are read from ``namespace``: a variable of the same name
     defined in a later cell does not change the profile when the first cell runs again.
 
-    Prints the overrides applied, if any, and records the profile as ``profile``.
+    Prints the overrides applied, if any; records the profile as ``profile`` and the results
+    root the chapter uses as ``results_root``.
     """
     given = dict(overrides or {})
     history, user_ns = _kernel()
@@ -626,6 +627,9 @@ def notebook_profile(profile: str | Profile, overrides: Mapping[str, Any] | None
     applied = {**given, **passed}
     cfg = get_profile(profile, applied)
     if applied:
-        print(f"profile {cfg.name}, overrides: " + ", ".join(f"{k}={getattr(cfg, k)!r}" for k in applied))
+        from cmpt.plotting import print_wrapped
+
+        print_wrapped(f"profile {cfg.name}, overrides: " + ", ".join(f"{k}={getattr(cfg, k)!r}" for k in applied))
     record("profile", cfg.as_dict())
+    record("results_root", str(results_root()))  # where this chapter's runs are read from and written to
     return cfg

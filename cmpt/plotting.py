@@ -4,17 +4,22 @@ Every chapter calls :func:`use_book_style` in its first code cell, so figures sh
 and fit the HTML book's text column (about 690 px wide): at :data:`FIGURE_DPI` a figure of
 the default size is narrower than the column, and its 9-11 pt text stays readable without
 the browser scaling the image down. :func:`markdown_table` shows a result table as Markdown,
-which the book renders like its own tables (and JupyterLab renders too).
+which the book renders like its own tables (and JupyterLab renders too), and
+:func:`print_wrapped` prints text that fits the column without scrolling sideways.
 """
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
-__all__ = ["COLUMN_PX", "FIGURE_DPI", "FIGURE_SIZE", "markdown_table", "max_figure_width", "use_book_style"]
+__all__ = ["COLUMN_PX", "FIGURE_DPI", "FIGURE_SIZE", "TEXT_WIDTH", "markdown_table", "max_figure_width",
+           "print_wrapped", "use_book_style"]
 
-#: the width, in CSS pixels, of the HTML book's text column at a usual window size
-COLUMN_PX = 690
+#: the width, in CSS pixels, of the HTML book's output column at a usual window size
+COLUMN_PX = 676
+#: characters of printed text that fit that column without scrolling sideways
+TEXT_WIDTH = 80
 #: pixels per inch of inline figures (and of saved ones)
 FIGURE_DPI = 80
 #: the default figure size in inches: 8 in at 80 dpi is 640 px, leaving room for labels outside the axes
@@ -50,6 +55,14 @@ def use_book_style(context: str = "notebook") -> None:
         "legend.title_fontsize": 10,
         "figure.titlesize": 11,
     })
+
+
+def print_wrapped(*paragraphs: str, width: int = TEXT_WIDTH) -> None:
+    """Print each paragraph wrapped to ``width`` columns (continuation lines indented), so it fits the page."""
+    for paragraph in paragraphs:
+        for line in str(paragraph).splitlines() or [""]:
+            print(textwrap.fill(line, width=width, subsequent_indent="    ", break_on_hyphens=False,
+                                break_long_words=False) if line.strip() else line)
 
 
 def _cell_text(value: Any) -> Any:

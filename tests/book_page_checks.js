@@ -67,9 +67,11 @@
     }
     for (const el of out.querySelectorAll("*")) {
       if (reported.some((r) => r.contains(el) || el.contains(r))) continue;
+      if (el.parentElement && el.parentElement.closest("mjx-container")) continue;  // MathJax's own layout
       const rect = el.getBoundingClientRect();
-      const overflow = el.scrollWidth - el.clientWidth;
-      if (rect.right - left > column + 2 || (el.clientWidth > 0 && overflow > 2 && el.tagName !== "IMG")) {
+      const scrolls = getComputedStyle(el).overflowX !== "visible" && el.clientWidth > 0
+        && el.scrollWidth - el.clientWidth > 2;
+      if (rect.right - left > column + 2 || scrolls) {
         const wide = Math.round(Math.max(rect.right - left, el.scrollWidth));
         const what = el.tagName === "PRE" ? "text" : el.tagName === "TABLE" || el.querySelector("table") ? "table"
           : el.tagName.toLowerCase();

@@ -282,11 +282,13 @@ def test_jupyterlab_starts_and_runs_a_chapter_cell(tmp_path):
         assert status is not None and "started" in status
         with urllib.request.urlopen(f"{base}/api/kernelspecs?token={token}", timeout=5) as resp:
             specs = json.load(resp)["kernelspecs"]
-        assert "python3" in specs
         nb = json.loads((ROOT / "book" / "inputs.ipynb").read_text())
+        kernel = nb["metadata"]["kernelspec"]["name"]
+        assert kernel == "cmpt" and kernel in specs, f"the notebooks' kernel {kernel!r} is not installed; make installs it"
+        assert specs[kernel]["spec"]["display_name"] == "Python (cmpt)"
         code = [c for c in nb["cells"] if c["cell_type"] == "code"]
         cell = "".join(code[0]["source"]) + "\nprofile = 'smoke'\n" + "".join(code[1]["source"])
-        reply = _execute_in_kernel(base, token, cell + "\nprint('profile:', cfg.name)")
+        reply = _execute_in_kernel(base, token, cell + "\nprint('profile:', cfg.name)", kernel=kernel)
         assert reply["status"] == "ok", reply
         assert "profile: smoke" in reply["stdout"]
     finally:
@@ -294,11 +296,11 @@ def test_jupyterlab_starts_and_runs_a_chapter_cell(tmp_path):
         lab.wait(timeout=30)
 
 
-def _execute_in_kernel(base: str, token: str, code: str) -> dict:
+def _execute_in_kernel(base: str, token: str, code: str, kernel: str = "python3") -> dict:
     """Start a kernel through the server's REST API and run ``code`` over its websocket."""
     from tornado import ioloop, websocket
 
-    req = urllib.request.Request(f"{base}/api/kernels?token={token}", data=json.dumps({"name": "python3"}).encode(),
+    req = urllib.request.Request(f"{base}/api/kernels?token={token}", data=json.dumps({"name": kernel}).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")
     with urllib.request.urlopen(req, timeout=30) as resp:
         kernel_id = json.load(resp)["id"]
