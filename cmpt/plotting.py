@@ -19,7 +19,7 @@ __all__ = ["COLUMN_PX", "FIGURE_DPI", "FIGURE_SIZE", "TEXT_WIDTH", "markdown_tab
 #: the width, in CSS pixels, of the HTML book's output column at a usual window size
 COLUMN_PX = 676
 #: characters of printed text that fit that column without scrolling sideways
-TEXT_WIDTH = 80
+TEXT_WIDTH = 74
 #: pixels per inch of inline figures (and of saved ones)
 FIGURE_DPI = 80
 #: the default figure size in inches: 8 in at 80 dpi is 640 px, leaving room for labels outside the axes

@@ -1,18 +1,21 @@
 // What a reader would see wrong on one page of the built book, measured in the rendered DOM.
 // Evaluated by tests/test_browser.py in headless Chromium after the page loaded; resolves to
-// {problems: [{kind, where, detail}], counts: {...}}. Kinds: "math", "width", "traceback", "bare".
+// {problems: [{kind, where, code, setup, detail}], counts: {...}}: `where` names the cell (its number on the
+// page and its first line of code, also in `code`) or the section; `setup` is true in the parameters cells
+// and the first code cell after them. Kinds: "math", "width", "traceback", "bare".
 (async () => {
   const problems = [];
   const article = document.querySelector("article.bd-article") || document.querySelector("main") || document.body;
   const cells = [...article.querySelectorAll("div.cell")];
 
+  const firstLine = (el) => {
+    const cell = el.closest("div.cell");
+    const code = cell && cell.querySelector(".cell_input pre");
+    return code ? (code.innerText.split("\n").find((l) => l.trim()) || "").trim() : "";
+  };
   const where = (el) => {
     const cell = el.closest("div.cell");
-    if (cell) {
-      const code = cell.querySelector(".cell_input pre");
-      const first = code ? code.innerText.split("\n").find((l) => l.trim()) || "" : "";
-      return `cell ${cells.indexOf(cell) + 1} (${first.trim().slice(0, 70)})`;
-    }
+    if (cell) return `cell ${cells.indexOf(cell) + 1} (${firstLine(el).slice(0, 70)})`;
     let node = el;
     while (node && node !== article) {  // prose: the section it is in
       const heading = node.closest("section") && node.closest("section").querySelector("h1, h2, h3");
@@ -21,7 +24,13 @@
     }
     return "page";
   };
-  const add = (kind, el, detail) => problems.push({kind, where: where(el), detail});
+  // the parameters cells and the first code cell after them belong to the book's set-up, not to the chapter
+  const setUp = cells.findIndex((c) => c.classList.contains("tag_injected-parameters")) + 1;
+  const add = (kind, el, detail) => {
+    const cell = el.closest("div.cell");
+    problems.push({kind, where: where(el), code: firstLine(el), setup: !!cell && cells.indexOf(cell) <= setUp,
+                   detail});
+  };
 
   // wait for figures and for MathJax's first typesetting pass
   await Promise.all([...document.images].map((img) => img.complete ? null
@@ -70,7 +79,7 @@
       if (el.parentElement && el.parentElement.closest("mjx-container")) continue;  // MathJax's own layout
       const rect = el.getBoundingClientRect();
       const scrolls = getComputedStyle(el).overflowX !== "visible" && el.clientWidth > 0
-        && el.scrollWidth - el.clientWidth > 2;
+        && el.scrollWidth - el.clientWidth > 8;  // a few pixels are rounding (inline math clips its margin)
       if (rect.right - left > column + 2 || scrolls) {
         const wide = Math.round(Math.max(rect.right - left, el.scrollWidth));
         const what = el.tagName === "PRE" ? "text" : el.tagName === "TABLE" || el.querySelector("table") ? "table"

@@ -154,16 +154,6 @@ def check_pages(pages: dict[str, Path]) -> dict[str, dict]:
         browser.close()
 
 
-def _listing(report: dict[str, dict], kinds: set[str]) -> tuple[set[str], str]:
-    pages, lines = set(), []
-    for page, found in report.items():
-        for problem in found["problems"]:
-            if problem["kind"] in kinds:
-                pages.add(page)
-                lines.append(f"  {page}: {problem['where']}: {problem['detail']}")
-    return pages, "\n".join(lines)
-
-
 @pytest.fixture(scope="module")
 def book_pages(smoke_book) -> dict[str, dict]:
     """The reader checks on every page of the smoke book, opened as files with no network."""
@@ -175,21 +165,34 @@ def book_pages(smoke_book) -> dict[str, dict]:
     return check_pages(pages)
 
 
-#: reader problems found in chapters whose cells this test's authors do not edit; a check that fails
-#: only on these pages is reported as an expected failure naming them, anything else fails
-KNOWN = {
+#: Pages with reader problems already known, in cells that the chapters' authors own. A check whose problems
+#: all lie in such cells of pages listed for it is reported as an expected failure that lists every problem;
+#: a problem on any other page, or in a chapter's set-up cells (parameters and the first code cell), fails
+#: the check. Remove a page once it is clean.
+KNOWN: dict[str, set[str]] = {
+    # figures made wider than FIGURE_SIZE (explicit figsize of 10-16 in), printed tables and pandas tables
+    # wider than the column
+    "width": {"book/inputs", "book/source_prompts", "book/baselines", "book/transfer", "book/attention_transfer",
+              "book/transferability", "book/attention_maps", "book/data_scarcity", "book/theory_prompt_attention",
+              "book/performance"},
+    # a value left as a cell's last expression (cmpt.record returns its value)
+    "bare": {"book/source_prompts", "book/attention_transfer"},
 }
 
 
 def _assert_clean(report: dict[str, dict], kinds: set[str], what: str) -> None:
-    pages, listing = _listing(report, kinds)
-    if not pages:
-        return
-    known = set().union(*(KNOWN.get(k, set()) for k in kinds))
-    message = f"{what} on {len(pages)} page(s):\n{listing}"
-    if pages <= known:
-        pytest.xfail(f"known, for the chapters' authors to fix: {message}")
-    pytest.fail(message)
+    known, new = [], []
+    for page, found in report.items():
+        for problem in found["problems"]:
+            if problem["kind"] in kinds:
+                line = f"  {page}: {problem['where']}: {problem['detail']}"
+                listed = page in KNOWN.get(problem["kind"], ()) and not problem["setup"]  # set-up cells: never
+                (known if listed else new).append(line)
+    if new:
+        also = f"\n({len(known)} more on pages listed in KNOWN)" if known else ""
+        pytest.fail(f"{what}:\n" + "\n".join(new) + also)
+    if known:
+        pytest.xfail(f"known {what}, for the chapters' authors to fix:\n" + "\n".join(known))
 
 
 @pytest.mark.slow
