@@ -30,6 +30,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -188,13 +189,7 @@ def parameters_help(root: Path) -> str:
             lines.append(f"      {name} = {info['default']}{note}")
     lines.append("")
     lines.append("profile fields (-p NAME VALUE reaches every chapter; `cmpt profiles -v` shows their values):")
-    width, line = 78, "  "
-    for name in PROFILE_FIELDS:
-        if len(line) + len(name) + 2 > width:
-            lines.append(line.rstrip())
-            line = "  "
-        line += name + ", "
-    lines.append(line.rstrip(", "))
+    lines.append(textwrap.fill(", ".join(PROFILE_FIELDS), width=78, initial_indent="  ", subsequent_indent="  "))
     return "\n".join(lines)
 
 
