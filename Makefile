@@ -32,9 +32,12 @@ book: $(STAMP)
 test: $(STAMP) $(RAY_STAMP)
 	$(PY) -m pytest -q -rs
 
-## JupyterLab on 127.0.0.1 with the cmpt kernel
+## JupyterLab on 127.0.0.1, opened on book/, with the cmpt kernel the notebooks name; chapters run there
+## share the book's results store (_build/results), so finished runs are read, not trained again
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser $(if $(filter 0,$(shell id -u)),--allow-root,) --port $(LAB_PORT)
+	env -u MPLBACKEND -u CMPT_RECORDS $(VENV)/bin/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) --no-browser \
+	    --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/book \
+	    $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 ## the speed figures (cmpt bench): cmpt's fast paths against straightforward references, one process
 bench: $(STAMP)

@@ -4,8 +4,22 @@ Soft prompts trained on a frozen text transformer, carried into a frozen vision
 transformer. See the book (``make book``) for the experiments.
 """
 
+from importlib import import_module
+from typing import Any
+
 from cmpt.profiles import PROFILES, Profile, ProfileError, get_profile
 from cmpt.chapter_values import record
 
 __version__ = "0.1.0"
-__all__ = ["PROFILES", "Profile", "ProfileError", "get_profile", "record", "__version__"]
+__all__ = ["PROFILES", "Profile", "ProfileError", "get_profile", "markdown_table", "notebook_profile", "print_wrapped",
+           "record", "use_book_style", "__version__"]
+
+#: exports whose modules load pandas, papermill's helpers or matplotlib: imported on first use
+_LAZY = {"notebook_profile": "cmpt.book", "use_book_style": "cmpt.plotting", "markdown_table": "cmpt.plotting",
+         "print_wrapped": "cmpt.plotting"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cmpt' has no attribute {name!r}")

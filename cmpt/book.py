@@ -1,9 +1,19 @@
 """The book runner: execute every chapter with papermill, then build the HTML.
 
 Sources stay clean: each notebook in ``_toc.yml`` order is executed into a staging copy
-of the book (``OUT/_build/executed``), with the profile and overrides injected into its
-``parameters`` cell, and Jupyter Book (1.x, execution off) renders that copy into
-``OUT/_build/html`` with warnings as errors.
+of the book (``OUT/_build/executed``), with the profile, the overrides and every chapter
+parameter injected after its ``parameters`` cell, and Jupyter Book (1.x, execution off)
+renders that copy into ``OUT/_build/html`` with warnings as errors.
+
+The built book reads offline, also from ``file://``: MathJax comes from an installed
+package and is copied into the book's ``_static`` (:func:`stage_mathjax`), and widgets are
+frozen into the static outputs they showed (:func:`freeze_widgets`), so no page loads
+anything from the network. In each executed copy the original ``parameters`` cell is folded
+and papermill's injected cell, which holds the values the page was computed with, is shown.
+
+Chapters call :func:`notebook_profile` in their first code cell: it turns the parameters
+into the chapter's :class:`~cmpt.profiles.Profile`, whether they came from this runner,
+from plain papermill (``-p image_size 48`` works there too) or from JupyterLab.
 
 A chapter is re-executed only when its notebook, its parameters, or the ``cmpt`` package
 changed: the key of each finished execution is stored beside it, and its execution time in
@@ -12,14 +22,17 @@ changed: the key of each finished execution is stored beside it, and its executi
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,16 +41,21 @@ import yaml
 
 from cmpt.atomic import write_atomic
 from cmpt.errors import CmptError
-from cmpt.profiles import PROFILE_FIELDS, ProfileError, get_profile
-from cmpt.chapter_values import ENV_VAR
-from cmpt.results import RESULTS_ENV
+from cmpt.profiles import PROFILE_FIELDS, Profile, ProfileError, get_profile
+from cmpt.chapter_values import ENV_VAR, record
+from cmpt.results import RESULTS_ENV, results_root
 
 
-__all__ = ["CHAPTER_TIMES", "BookError", "BookPlan", "Chapter", "build_book", "chapter_times", "chapters", "find_root",
-           "plan_book"]
+__all__ = ["CHAPTER_TIMES", "BookError", "BookPlan", "Chapter", "build_book", "chapter_parameters", "chapter_times",
+           "chapters", "find_root", "freeze_widgets", "notebook_profile", "parameters_help", "plan_book",
+           "prepare_for_reading", "stage_mathjax"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CHAPTER_TIMES = "chapter_times.json"  # under OUT/_build: {chapter: {"seconds", "profile", "finished"}}
+#: the first line of the cell papermill injects after a notebook's ``parameters`` cell
+INJECTED_HEADER = "# Parameters"
+#: the two parameters every chapter declares; the rest are the chapter's own
+BOOK_PARAMETERS = ("profile", "overrides")
 
 
 class BookError(CmptError):
@@ -81,6 +99,15 @@ class BookPlan:
     @property
     def records(self) -> Path:
         return self.out / "_build" / "records"
+
+    @property
+    def results(self) -> Path:
+        """The results root the chapters use: ``OUT/_build/results``.
+
+        With ``OUT`` the checkout (the default) this is where :func:`~cmpt.results.results_root`
+        points plain papermill and JupyterLab run inside the checkout, so all three share runs.
+        """
+        return results_root(self.out / "_build" / "results")
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -128,6 +155,44 @@ def _notebook_parameters(path: Path) -> dict[str, Any]:
     return papermill.inspect_notebook(str(path))
 
 
+def chapter_parameters(chapter: Chapter) -> dict[str, dict[str, Any]]:
+    """A notebook's own parameters (not ``profile``/``overrides``): name -> papermill's inspection.
+
+    Each entry has ``default`` (the source text), ``inferred_type_name`` and ``help`` (the
+    comment on the line).
+    """
+    return {name: info for name, info in _notebook_parameters(chapter.source).items() if name not in BOOK_PARAMETERS}
+
+
+def _literal_defaults(declared: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The declared defaults that are Python literals, as values (the rest stay in the notebook)."""
+    values = {}
+    for name, info in declared.items():
+        try:
+            values[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError, TypeError):
+            continue
+    return values
+
+
+def parameters_help(root: Path) -> str:
+    """What ``cmpt book --help`` lists: each chapter's own parameters, then the profile fields."""
+    lines = ["chapters, in the book's order, and their own parameters",
+             "(-p NAME VALUE reaches the chapters that declare NAME):"]
+    for chapter in chapters(root):
+        if not chapter.is_notebook:
+            continue
+        own = chapter_parameters(chapter)
+        lines.append(f"  {chapter.stem}" + ("" if own else " (no parameters of its own)"))
+        for name, info in own.items():
+            note = f"  # {info['help']}" if info.get("help") else ""
+            lines.append(f"      {name} = {info['default']}{note}")
+    lines.append("")
+    lines.append("profile fields (-p NAME VALUE reaches every chapter; `cmpt profiles -v` shows their values):")
+    lines.append(textwrap.fill(", ".join(PROFILE_FIELDS), width=78, initial_indent="  ", subsequent_indent="  "))
+    return "\n".join(lines)
+
+
 def plan_book(root: Path, out: Path, profile: str, overrides: dict[str, Any],
               only: list[str] | None = None) -> BookPlan:
     """Check profile, overrides and chapter names, and say what each notebook receives.
@@ -162,8 +227,10 @@ def plan_book(root: Path, out: Path, profile: str, overrides: dict[str, Any],
     parameters = {}
     for chapter in selected:
         if chapter.is_notebook:
+            # every parameter is injected, defaults included, so the injected cell shows all the page used
+            defaults = _literal_defaults({k: v for k, v in declared[chapter.entry].items() if k not in BOOK_PARAMETERS})
             own = {k: v for k, v in overrides.items() if k in declared[chapter.entry] and k not in PROFILE_FIELDS}
-            parameters[chapter.entry] = {"profile": profile, "overrides": profile_overrides, **own}
+            parameters[chapter.entry] = {"profile": profile, "overrides": profile_overrides, **defaults, **own}
     return BookPlan(root=root, out=out, profile=profile, chapters=selected, parameters=parameters)
 
 
@@ -185,6 +252,7 @@ def _cache_key(chapter: Chapter, params: dict[str, Any], fingerprint: str) -> st
 
 
 def _execute(plan: BookPlan, chapter: Chapter, params: dict[str, Any]) -> None:
+    import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -193,10 +261,18 @@ def _execute(plan: BookPlan, chapter: Chapter, params: dict[str, Any]) -> None:
     records = plan.records / (chapter.stem + ".json")
     records.parent.mkdir(parents=True, exist_ok=True)
     records.unlink(missing_ok=True)
-    env_before = {k: os.environ.get(k) for k in (ENV_VAR, RESULTS_ENV, "MPLBACKEND")}
-    os.environ[ENV_VAR] = str(records)
-    os.environ[RESULTS_ENV] = str(plan.out / "_build" / "results")  # run records, shared by chapters
-    os.environ.pop("MPLBACKEND", None)  # Agg would stop figures being captured
+    env = {
+        ENV_VAR: str(records),
+        RESULTS_ENV: str(plan.results),  # run records, shared by chapters (and by papermill and Lab in the checkout)
+        "TQDM_DISABLE": "1",  # progress bars are widgets that mean nothing on a page
+        "MPLBACKEND": None,  # Agg would stop figures being captured
+    }
+    env_before = {k: os.environ.get(k) for k in env}
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     partial = target.with_name(target.name + ".part.ipynb")
     try:
         papermill.execute_notebook(str(chapter.source), str(partial), parameters=params, kernel_name="python3",
@@ -215,7 +291,104 @@ def _execute(plan: BookPlan, chapter: Chapter, params: dict[str, Any]) -> None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    nb = nbformat.read(str(partial), as_version=4)
+    prepare_for_reading(nb)
+    nbformat.write(nb, str(partial))
     os.replace(partial, target)
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+_PROGRESS_MODELS = ("FloatProgressModel", "IntProgressModel")
+
+
+def prepare_for_reading(nb: Any) -> None:
+    """Make an executed notebook read well as a page (in place).
+
+    The notebook's own ``parameters`` cell is folded (tag ``hide-cell``: the defaults and
+    their comments are one click away) and papermill's injected cell stays visible, so the
+    page shows the values it was computed with once; widgets are frozen (:func:`freeze_widgets`).
+    """
+    for cell in nb.cells:
+        tags = list(cell.get("metadata", {}).get("tags", []))
+        if "parameters" in tags and "hide-cell" not in tags:
+            cell.setdefault("metadata", {})["tags"] = [*tags, "hide-cell"]
+    freeze_widgets(nb)
+
+
+def freeze_widgets(nb: Any) -> int:
+    """Replace every widget output by the static outputs it showed; drop the widget state (in place).
+
+    A page has no kernel, so a widget there could only show its saved state: an ``Output``
+    widget becomes the outputs it held, a control (a dropdown, a slider) a line naming its value,
+    and a progress bar disappears. No widget JavaScript is then needed to read the page.
+    Returns how many widget outputs were frozen.
+    """
+    import nbformat
+
+    state = nb.get("metadata", {}).get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    frozen = 0
+    for cell in nb.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        outputs = []
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get(WIDGET_VIEW)
+            if view is None:
+                outputs.append(output)
+                continue
+            frozen += 1
+            outputs.extend(nbformat.from_dict(o) for o in _static_outputs(str(view.get("model_id", "")), state))
+        cell["outputs"] = outputs
+    nb.get("metadata", {}).pop("widgets", None)
+    return frozen
+
+
+def _widget_tree(model_id: str, state: Mapping[str, Any], depth: int = 0) -> Iterator[dict[str, Any]]:
+    """The models under ``model_id`` in display order (containers first, then their children)."""
+    model = state.get(model_id)
+    if model is None or depth > 32:
+        return
+    yield model
+    for child in model.get("state", {}).get("children", []) or []:
+        yield from _widget_tree(str(child).removeprefix("IPY_MODEL_"), state, depth + 1)
+
+
+def _control_value(widget: Mapping[str, Any]) -> Any:
+    labels = widget.get("_options_labels")
+    if labels is not None:
+        index = widget.get("index")
+        if isinstance(index, int) and 0 <= index < len(labels):
+            return labels[index]
+        if isinstance(index, (list, tuple)):
+            return ", ".join(str(labels[i]) for i in index if isinstance(i, int) and 0 <= i < len(labels))
+        return None
+    value = widget.get("value")
+    return value if isinstance(value, (str, int, float, bool)) else None
+
+
+def _static_outputs(model_id: str, state: Mapping[str, Any]) -> list[dict[str, Any]]:
+    models = list(_widget_tree(model_id, state))
+    if any(m.get("model_name") in _PROGRESS_MODELS for m in models):
+        return []  # a progress bar
+    controls, shown = [], []
+    for model in models:
+        name, widget = model.get("model_name", ""), model.get("state", {})
+        if name == "OutputModel":
+            shown.extend(widget.get("outputs", []))
+        elif name in ("HTMLModel", "HTMLMathModel") and widget.get("value"):
+            shown.append({"output_type": "display_data", "metadata": {}, "data": {"text/html": widget["value"]}})
+        elif name == "LabelModel" and widget.get("value"):
+            shown.append({"output_type": "display_data", "metadata": {},
+                          "data": {"text/plain": str(widget["value"])}})
+        elif "children" not in widget:
+            value = _control_value(widget)
+            if value is not None and widget.get("description"):
+                controls.append(f"{widget['description']} `{value}`")
+    if controls:
+        caption = f"*Interactive in JupyterLab; shown here with* {', '.join(controls)}."
+        shown.insert(0, {"output_type": "display_data", "metadata": {}, "data": {"text/markdown": caption}})
+    return shown
 
 
 def chapter_times(build: Path) -> dict[str, dict[str, Any]]:
@@ -236,10 +409,48 @@ def _save_time(plan: BookPlan, chapter: Chapter, seconds: float) -> None:
     write_atomic(build / CHAPTER_TIMES, lambda part: part.write_text(text))
 
 
+#: the staged folder that _config.yml names in ``html_static_path``: its files land in the book's _static
+OFFLINE_STATIC = "_offline"
+#: what the book needs of MathJax 3 (the SVG renderer needs no font files, so it also works from file://)
+MATHJAX_PARTS = ("tex-svg.js", "input/tex/extensions", "output/svg", "ui", "a11y", "sre")
+
+
+def _mathjax_release() -> Path:
+    """The MathJax 3 release folder of the installed ``django-static-mathjax`` package (import name ``mathjax``)."""
+    spec = importlib.util.find_spec("mathjax")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        release = Path(location) / "static" / "mathjax"
+        if (release / "es5" / "tex-svg.js").is_file() and (release / "LICENSE").is_file():
+            return release
+    raise BookError("MathJax is not installed (the book renders its math offline with it): "
+                    "pip install -r requirements.txt brings it as django-static-mathjax")
+
+
+def stage_mathjax(folder: Path) -> Path:
+    """Copy MathJax's SVG renderer, with its licence, into ``folder/mathjax``; returns that folder."""
+    release = _mathjax_release()
+    dest = folder / "mathjax"
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in MATHJAX_PARTS:
+        src = release / "es5" / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part, dirs_exist_ok=True)
+        else:
+            (dest / part).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / part)
+    shutil.copy2(release / "LICENSE", dest / "LICENSE")
+    version = json.loads((release / "package.json").read_text()).get("version", "?")
+    (dest / "README.txt").write_text(f"MathJax {version}, under the Apache License 2.0 (LICENSE beside this "
+                                     f"file); copied from the installed django-static-mathjax package.\n")
+    return dest
+
+
 def _stage_static(plan: BookPlan, all_chapters: list[Chapter]) -> None:
     """Copy config and non-notebook pages; write a toc naming only chapters present."""
     plan.staging.mkdir(parents=True, exist_ok=True)
     shutil.copy2(plan.root / "_config.yml", plan.staging / "_config.yml")
+    stage_mathjax(plan.staging / OFFLINE_STATIC)
     for chapter in all_chapters:
         if not chapter.is_notebook:
             dest = plan.staging / (chapter.entry + ".md")
@@ -324,3 +535,96 @@ def build_book(root: Path, out: Path, profile: str = "default", overrides: dict[
         index = build_html(plan)
         log(f"book: {index}")
     return plan
+
+
+def _assigned_names(source: str) -> list[str] | None:
+    """Names a cell assigns at top level, in order; None if it is not Python."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    names = []
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AnnAssign, ast.AugAssign)) else []
+        names.extend(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def _parameter_cells(history: list[str]) -> tuple[list[str], list[str] | None] | None:
+    """From a kernel's input history: (names papermill injected, the notebook's own parameter names).
+
+    The kernel cannot see cell tags, but it remembers what it ran: papermill's cell starts with
+    ``# Parameters`` and directly follows the notebook's ``parameters`` cell (the last cell that
+    assigns both ``profile`` and ``overrides``). None when the parameters cell ran after any
+    injected cell, or no injected cell ran: then nothing was injected (JupyterLab).
+    """
+    for i in range(len(history) - 1, -1, -1):
+        source = history[i]
+        names = _assigned_names(source)
+        if names is None:
+            continue
+        if source.lstrip().startswith(INJECTED_HEADER + "\n") or source.strip() == INJECTED_HEADER:
+            for earlier in reversed(history[:i]):
+                declared = _assigned_names(earlier)
+                if declared and set(BOOK_PARAMETERS) <= set(declared):
+                    return names, declared
+            return names, None
+        if set(BOOK_PARAMETERS) <= set(names):
+            return None
+    return None
+
+
+def _kernel() -> tuple[list[str], Mapping[str, Any]]:
+    """The IPython kernel's input history (the running cell last) and its user namespace."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return [], {}
+    shell = get_ipython()
+    if shell is None:
+        return [], {}
+    return list(shell.history_manager.input_hist_raw), shell.user_ns
+
+
+def notebook_profile(profile: str | Profile, overrides: Mapping[str, Any] | None = None,
+                     namespace: Mapping[str, Any] | None = None) -> Profile:
+    """A chapter's profile: ``profile`` with ``overrides`` and the profile fields papermill injected.
+
+    The first code cell of every chapter calls ``cmpt.notebook_profile(profile, overrides,
+    globals())``. A profile field passed as a parameter of its own (``papermill ... -p
+    image_size 48``) counts like ``overrides={"image_size": 48}`` (``cmpt book -p`` sends it
+    inside ``overrides``); a name papermill injected that is neither a profile field nor one of
+    the chapter's parameters is an error, as is one given both ways with different values. Only
+    names in papermill's injected cell are read from ``namespace``: a variable of the same name
+    defined in a later cell does not change the profile when the first cell runs again.
+
+    Prints the overrides applied, if any; records the profile as ``profile`` and the results
+    root the chapter uses as ``results_root``.
+    """
+    given = dict(overrides or {})
+    history, user_ns = _kernel()
+    namespace = namespace if namespace is not None else user_ns
+    found = _parameter_cells(history)
+    passed: dict[str, Any] = {}
+    if found is not None:
+        injected, declared = found
+        passed = {n: namespace[n] for n in injected if n in PROFILE_FIELDS and n in namespace}
+        own = set(declared or []) - set(BOOK_PARAMETERS)
+        unknown = [n for n in injected if n not in PROFILE_FIELDS and n not in BOOK_PARAMETERS and n not in own]
+        if unknown and declared is not None:
+            raise ProfileError(
+                f"unknown parameter(s) {', '.join(unknown)}. Profile parameters: {', '.join(PROFILE_FIELDS)}; "
+                f"this chapter's parameters: {', '.join(sorted(own)) or 'none'}")
+    clash = sorted(n for n in passed if n in given and given[n] != passed[n])
+    if clash:
+        raise ProfileError(f"{', '.join(clash)} given both as a parameter and in overrides, with different values")
+    applied = {**given, **passed}
+    cfg = get_profile(profile, applied)
+    if applied:
+        from cmpt.plotting import print_wrapped
+
+        print_wrapped(f"profile {cfg.name}, overrides: " + ", ".join(f"{k}={getattr(cfg, k)!r}" for k in applied))
+    record("profile", cfg.as_dict())
+    record("results_root", str(results_root()))  # where this chapter's runs are read from and written to
+    return cfg

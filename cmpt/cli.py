@@ -27,6 +27,25 @@ def _book(args: argparse.Namespace) -> int:
     return 0
 
 
+class _BookHelp(argparse.Action):
+    """``cmpt book --help``: the options, then every chapter's own parameters and the profile fields."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show this help, with every chapter's parameters, and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from cmpt.book import find_root, parameters_help
+
+        try:
+            parser.epilog = parameters_help(find_root())
+        except CmptError as err:
+            parser.epilog = f"(chapters not listed: {err})"
+        parser.print_help()
+        parser.exit()
+
+
 def _profiles(args: argparse.Namespace) -> int:
     for profile in PROFILES.values():
         print(f"{profile.name}: {profile.description}")
@@ -122,12 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmpt", description="Cross-Modality Prompt Transfer: the book and its runs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    book = sub.add_parser("book", help="execute every chapter with papermill, then build the HTML book")
+    book = sub.add_parser("book", help="execute every chapter with papermill, then build the HTML book",
+                          add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    book.add_argument("-h", "--help", action=_BookHelp)
     book.add_argument("--profile", default="default", help=f"one of: {', '.join(PROFILES)} (default: default)")
     book.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                       help="override a profile field or chapter parameter in every notebook (repeatable)")
     book.add_argument("--only", action="append", metavar="CHAPTER", help="execute only this chapter (repeatable)")
-    book.add_argument("--out", help="output folder; the HTML lands in OUT/_build/html (default: the project root)")
+    book.add_argument("--out", help="output folder: the HTML lands in OUT/_build/html, the executed notebooks in "
+                                    "OUT/_build/executed, the runs in OUT/_build/results (default: the project root)")
     book.add_argument("--root", help="project root holding _toc.yml (default: found from the current folder)")
     book.add_argument("--no-html", action="store_true", help="execute the chapters but skip the HTML build")
     book.set_defaults(func=_book)

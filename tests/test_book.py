@@ -282,3 +282,223 @@ def test_second_build_reuses_every_chapter(smoke_book):
     # another profile override invalidates the cache
     plan = plan_book(ROOT, out, "smoke", {"image_size": 48})
     assert plan.parameters[NOTEBOOKS[0].entry]["overrides"] == {"image_size": 48}
+
+
+# --- plain papermill, JupyterLab and the runner share parameters, kernel and results ---------------------------
+
+CMPT_KERNEL = {"name": "cmpt", "display_name": "Python (cmpt)", "language": "python"}
+
+
+def _papermill(chapter: str, out: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Plain papermill, as a reader would call it: the notebook's own kernel (no -k), cwd inside the checkout."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if "cmpt" not in KernelSpecManager().find_kernel_specs():
+        pytest.fail("the cmpt kernel is not installed; `make` installs it (ipykernel install --sys-prefix --name cmpt)")
+    base = {k: v for k, v in os.environ.items() if k not in (ENV_VAR, "MPLBACKEND", "CMPT_RESULTS")}
+    return subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "book" / f"{chapter}.ipynb"), str(out),
+                           "--cwd", str(ROOT / "book"), "--no-progress-bar", *args],
+                          cwd=ROOT / "book", capture_output=True, text=True, env={**base, **env})
+
+
+def test_notebooks_use_the_cmpt_kernel_and_the_shared_first_cell():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "ipykernel install --sys-prefix --name cmpt" in makefile
+    for chapter in NOTEBOOKS:
+        nb = json.loads(chapter.source.read_text())
+        assert nb["metadata"]["kernelspec"] == CMPT_KERNEL, chapter.entry
+        cells = nb["cells"]
+        at = next(i for i, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", []))
+        first = "".join(next(c for c in cells[at + 1:] if c["cell_type"] == "code")["source"])
+        assert "cfg = cmpt.notebook_profile(profile, overrides, globals())" in first, chapter.entry
+        assert "cmpt.get_profile(" not in first, chapter.entry
+        if chapter.stem != "theory_prompt_attention":
+            assert "cmpt.use_book_style()" in first and "sns.set_theme" not in first, chapter.entry
+
+
+def test_plain_papermill_applies_a_profile_field_passed_on_its_own(tmp_path):
+    records = tmp_path / "records.json"
+    proc = _papermill("inputs", tmp_path / "out.ipynb", "-p", "profile", "smoke", "-p", "image_size", "48",
+                      env={ENV_VAR: str(records), "CMPT_RESULTS": str(tmp_path / "results")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    used = load_records(records)["profile"]
+    assert used["name"] == "smoke" and used["image_size"] == 48  # smoke's own is 32
+    shown = json.loads((tmp_path / "out.ipynb").read_text())
+    text = "".join("".join(o.get("text", "")) for c in shown["cells"] for o in c.get("outputs", []))
+    assert "overrides: image_size=48" in text
+
+
+def test_plain_papermill_fails_loudly_on_an_unknown_parameter(tmp_path):
+    proc = _papermill("inputs", tmp_path / "out.ipynb", "-p", "profile", "smoke", "-p", "image_sise", "48",
+                      env={ENV_VAR: str(tmp_path / "records.json"), "CMPT_RESULTS": str(tmp_path / "results")})
+    assert proc.returncode != 0
+    assert "unknown parameter(s) image_sise" in proc.stderr and "image_size" in proc.stderr
+
+
+def _fake_kernel(monkeypatch, *cells: str) -> None:
+    import cmpt.book
+
+    monkeypatch.setattr(cmpt.book, "_kernel", lambda: (["", *cells], {}))
+
+
+PARAMS_CELL = 'profile = "default"\noverrides = {}\nshots = [1, 2, 4]\n'
+
+
+def test_notebook_profile_reads_only_what_papermill_injected(monkeypatch, capsys):
+    from cmpt.book import notebook_profile
+
+    first = "cfg = cmpt.notebook_profile(profile, overrides, globals())"
+    injected = '# Parameters\nprofile = "smoke"\noverrides = {}\nimage_size = 48\nseeds = "[1, 2]"\n'
+    _fake_kernel(monkeypatch, PARAMS_CELL, injected, first)
+    cfg = notebook_profile("smoke", {}, {"image_size": 48, "seeds": "[1, 2]", "n_train": 5})
+    assert cfg.image_size == 48 and cfg.seeds == (1, 2) and cfg.n_train == SMOKE.n_train  # n_train was not injected
+    assert "overrides: image_size=48, seeds=(1, 2)" in capsys.readouterr().out
+    # JupyterLab: the parameters cell ran again after the injected one, so nothing counts as injected
+    _fake_kernel(monkeypatch, PARAMS_CELL, injected, first, PARAMS_CELL, first)
+    assert notebook_profile("smoke", {}, {"image_size": 48}).image_size == SMOKE.image_size
+    assert capsys.readouterr().out == ""
+    # no papermill at all: a variable named like a field, defined later, changes nothing
+    _fake_kernel(monkeypatch, PARAMS_CELL, first, "seeds = [7]", first)
+    assert notebook_profile("smoke", {}, {"seeds": [7]}).seeds == SMOKE.seeds
+
+
+def test_notebook_profile_rejects_unknown_clashing_and_bad_values(monkeypatch):
+    from cmpt.book import notebook_profile
+
+    _fake_kernel(monkeypatch, PARAMS_CELL, '# Parameters\nprofile = "smoke"\nshotz = 3\n')
+    with pytest.raises(ProfileError, match=r"unknown parameter\(s\) shotz.*image_size.*chapter's parameters: shots"):
+        notebook_profile("smoke", {}, {"shotz": 3})
+    _fake_kernel(monkeypatch, PARAMS_CELL, '# Parameters\nprofile = "smoke"\nshots = [1]\nimage_size = 48\n')
+    assert notebook_profile("smoke", {}, {"shots": [1], "image_size": 48}).image_size == 48  # a chapter parameter
+    with pytest.raises(ProfileError, match="image_size given both"):
+        notebook_profile("smoke", {"image_size": 64}, {"image_size": 48})
+    _fake_kernel(monkeypatch, PARAMS_CELL, '# Parameters\nimage_size = "big"\n')
+    with pytest.raises(ProfileError, match="image_size must be int"):
+        notebook_profile("smoke", {}, {"image_size": "big"})
+
+
+def test_runner_injects_every_chapter_parameter():
+    plan = plan_book(ROOT, ROOT, "smoke", {"shots": [1]})
+    params = plan.parameters["book/data_scarcity"]
+    assert params["shots"] == [1] and params["oracle"] is True and params["scarcity_targets"] == []
+    assert set(params) == set(papermill.inspect_notebook(str(ROOT / "book" / "data_scarcity.ipynb")))
+
+
+def test_cmpt_book_and_papermill_in_the_checkout_use_one_results_store(monkeypatch):
+    from cmpt.results import ResultsStore, results_root
+
+    monkeypatch.delenv("CMPT_RESULTS", raising=False)
+    monkeypatch.chdir(ROOT / "book")  # where papermill --cwd and JupyterLab run a chapter
+    plan = plan_book(ROOT, ROOT, "smoke", {})  # `cmpt book` without --out
+    assert results_root() == plan.results == ROOT / "_build" / "results"
+    assert ResultsStore.for_profile("smoke").root == plan.results / "smoke"
+    assert plan_book(ROOT, Path("/elsewhere"), "smoke", {}).results == Path("/elsewhere/_build/results")
+
+
+def _store_files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_plain_papermill_reuses_the_runs_cmpt_book_stored(tmp_path):
+    out = tmp_path / "book"
+    built = _cmpt("book", "--profile", "smoke", "--out", str(out), "--only", "baselines", "--no-html")
+    assert built.returncode == 0, built.stderr[-3000:]
+    store = out / "_build" / "results"
+    before = _store_files(store)
+    assert any(name.endswith(".json") for name in before), "the book stored no runs"
+    records = tmp_path / "records.json"
+    again = _papermill("baselines", tmp_path / "again.ipynb", "-p", "profile", "smoke",
+                       env={ENV_VAR: str(records), "CMPT_RESULTS": str(store)})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert load_records(records)["results_root"] == str(store.resolve())
+    assert _store_files(store) == before, "papermill trained again instead of reading the book's runs"
+    executed = json.loads((out / "_build" / "records" / "baselines.json").read_text())
+    assert load_records(records)["baselines/vpt/mean_of_group_means"] == executed["baselines/vpt/mean_of_group_means"]
+
+
+def test_cli_book_help_lists_chapters_their_parameters_and_the_profile_fields():
+    proc = _cmpt("book", "--help")
+    assert proc.returncode == 0, proc.stderr
+    for chapter in NOTEBOOKS:
+        assert f"\n  {chapter.stem}" in proc.stdout, chapter.stem
+    assert "shots = [1, 2, 4]" in proc.stdout and "include_deep = False" in proc.stdout
+    assert "prompt_layout" in proc.stdout and "cmpt profiles -v" in proc.stdout
+
+
+def _widget_notebook() -> dict:
+    import nbformat
+
+    table = {"output_type": "display_data", "metadata": {}, "data": {"text/html": "<table><tr><td>0.5</td></tr></table>"}}
+    state = {
+        "box": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_pick", "IPY_MODEL_out"]}},
+        "pick": {"model_name": "DropdownModel", "state": {"description": "target", "index": 1,
+                                                          "_options_labels": ["digits", "clevr_count"]}},
+        "out": {"model_name": "OutputModel", "state": {"outputs": [table]}},
+        "bar": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_label", "IPY_MODEL_progress"]}},
+        "label": {"model_name": "HTMLModel", "state": {"value": "sweep"}},
+        "progress": {"model_name": "FloatProgressModel", "state": {"value": 4, "max": 4}},
+    }
+    view = lambda mid: {"output_type": "display_data", "metadata": {},  # noqa: E731
+                        "data": {"text/plain": "VBox(...)", "application/vnd.jupyter.widget-view+json":
+                                 {"model_id": mid, "version_major": 2, "version_minor": 0}}}
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("profile = 'default'\noverrides = {}", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("# Parameters\nprofile = 'smoke'", metadata={"tags": ["injected-parameters"]}),
+                nbformat.v4.new_code_cell("picker()", outputs=[nbformat.from_dict(view("bar")),
+                                                               nbformat.from_dict(view("box"))])]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": state}}
+    return nb
+
+
+def test_executed_copy_is_prepared_for_reading():
+    from cmpt.book import prepare_for_reading
+
+    nb = _widget_notebook()
+    prepare_for_reading(nb)
+    assert "hide-cell" in nb.cells[0].metadata["tags"]  # the notebook's defaults, folded
+    assert nb.cells[1].metadata["tags"] == ["injected-parameters"]  # the values used, shown
+    outputs = nb.cells[2].outputs
+    assert [list(o["data"]) for o in outputs] == [["text/markdown"], ["text/html"]]  # the progress bar is gone
+    assert "target `clevr_count`" in outputs[0]["data"]["text/markdown"]
+    assert "<td>0.5</td>" in outputs[1]["data"]["text/html"]
+    assert "widgets" not in nb.metadata
+
+
+@pytest.mark.slow
+def test_smoke_book_pages_show_their_parameters_once(smoke_book):
+    out, _ = smoke_book
+    for chapter in NOTEBOOKS:
+        nb = json.loads((out / "_build" / "executed" / (chapter.entry + ".ipynb")).read_text())
+        tags = [c["metadata"].get("tags", []) for c in nb["cells"]]
+        assert sum("parameters" in t and "hide-cell" in t for t in tags) == 1, chapter.entry
+        injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+        assert len(injected) == 1 and "hide-cell" not in injected[0]["metadata"]["tags"]
+        assert "widgets" not in nb["metadata"], f"{chapter.entry} keeps widget state"
+        page = (out / "_build" / "html" / (chapter.entry + ".html")).read_text()
+        assert "tag_injected-parameters" in page and "widget-view+json" not in page, chapter.entry
+        assert "https://" not in "".join(re.findall(r'<script[^>]*src="[^"]*"', page)), chapter.entry
+
+
+def test_book_style_fits_the_column():
+    import matplotlib as mpl
+    from matplotlib import pyplot as plt
+
+    from cmpt.plotting import COLUMN_PX, markdown_table, use_book_style
+
+    with mpl.rc_context():
+        use_book_style()
+        width, height = mpl.rcParams["figure.figsize"]
+        assert width <= 8 and height <= 4 and width * mpl.rcParams["figure.dpi"] <= COLUMN_PX - 20
+        assert mpl.rcParams["savefig.bbox"] == "tight"
+        sizes = [mpl.rcParams[k] for k in ("font.size", "axes.labelsize", "xtick.labelsize", "ytick.labelsize",
+                                            "legend.fontsize", "axes.titlesize")]
+        assert all(isinstance(s, (int, float)) and s >= 9 for s in sizes)
+        fig = plt.figure()
+        assert fig.get_size_inches()[0] * fig.dpi <= COLUMN_PX
+        plt.close(fig)
+    import pandas as pd
+
+    table = markdown_table(pd.DataFrame({"acc": [0.51234, float("nan")], "note": ["a|b", "c"]}, index=["x", "y"]))
+    assert re.fullmatch(r"\| x +\| +0\.512 \| a\\\|b +\|", table.data.splitlines()[2]), table.data
+    assert re.fullmatch(r"\| y +\| +– +\| c +\|", table.data.splitlines()[3]), table.data

@@ -1,0 +1,97 @@
+"""The book's figure style and its Markdown tables.
+
+Every chapter calls :func:`use_book_style` in its first code cell, so figures share one look
+and fit the HTML book's text column (about 690 px wide): at :data:`FIGURE_DPI` a figure of
+the default size is narrower than the column, and its 9-11 pt text stays readable without
+the browser scaling the image down. :func:`markdown_table` shows a result table as Markdown,
+which the book renders like its own tables (and JupyterLab renders too), and
+:func:`print_wrapped` prints text that fits the column without scrolling sideways.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+__all__ = ["COLUMN_PX", "FIGURE_DPI", "FIGURE_SIZE", "TEXT_WIDTH", "markdown_table", "max_figure_width",
+           "print_wrapped", "use_book_style"]
+
+#: the width, in CSS pixels, of the HTML book's output column at a usual window size
+COLUMN_PX = 676
+#: characters of printed text that fit that column without scrolling sideways
+TEXT_WIDTH = 74
+#: pixels per inch of inline figures (and of saved ones)
+FIGURE_DPI = 80
+#: the default figure size in inches: 8 in at 80 dpi is 640 px, leaving room for labels outside the axes
+FIGURE_SIZE = (8.0, 4.0)
+
+
+def max_figure_width() -> float:
+    """The widest figure, in inches, that still fits the book's column at :data:`FIGURE_DPI`."""
+    return COLUMN_PX / FIGURE_DPI
+
+
+def use_book_style(context: str = "notebook") -> None:
+    """Seaborn's white grid with the book's sizes: fonts of 9 pt and more, figures that fit the column.
+
+    ``context`` is seaborn's (``"notebook"``, ``"paper"``, ``"talk"``); the font sizes are set
+    after it, so every context keeps the same readable minimum.
+    """
+    import matplotlib as mpl
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context=context)
+    mpl.rcParams.update({
+        "figure.figsize": FIGURE_SIZE,
+        "figure.dpi": FIGURE_DPI,
+        "savefig.dpi": FIGURE_DPI,
+        "savefig.bbox": "tight",
+        "font.size": 10,
+        "axes.titlesize": 11,
+        "axes.labelsize": 10,
+        "xtick.labelsize": 9,
+        "ytick.labelsize": 9,
+        "legend.fontsize": 9,
+        "legend.title_fontsize": 10,
+        "figure.titlesize": 11,
+    })
+
+
+def print_wrapped(*paragraphs: str, width: int = TEXT_WIDTH) -> None:
+    """Print each paragraph wrapped to ``width`` columns (continuation lines indented), so it fits the page."""
+    for paragraph in paragraphs:
+        for line in str(paragraph).splitlines() or [""]:
+            print(textwrap.fill(line, width=width, subsequent_indent="    ", break_on_hyphens=False,
+                                break_long_words=False) if line.strip() else line)
+
+
+def _cell_text(value: Any) -> Any:
+    """A cell as Markdown table text: pipes escaped, so a value cannot split a column."""
+    if isinstance(value, str):
+        return value.replace("|", "\\|")
+    return value
+
+
+def markdown_table(frame: Any, floatfmt: str = ".3f", index: bool = True, missing: str = "–") -> Any:
+    """``frame`` (a DataFrame or Series) as an IPython ``Markdown`` table.
+
+    Floats use ``floatfmt``, missing values show ``missing``, and column levels of a
+    MultiIndex are joined with " / ".
+    """
+    import pandas as pd
+    from IPython.display import Markdown
+
+    if isinstance(frame, pd.Series):
+        frame = frame.to_frame()
+    frame = frame.copy()
+    if isinstance(frame.columns, pd.MultiIndex):
+        frame.columns = [" / ".join(str(level) for level in col) for col in frame.columns]
+    if isinstance(frame.index, pd.MultiIndex):
+        frame.index = pd.Index([" / ".join(map(str, row)) for row in frame.index],
+                               name=" / ".join(str(n) for n in frame.index.names if n is not None) or None)
+    frame.columns = [_cell_text(str(c)) for c in frame.columns]
+    frame.index = pd.Index([_cell_text(str(i)) for i in frame.index], name=frame.index.name)
+    frame = frame.map(_cell_text)
+    frame = frame.astype(object).where(frame.notna(), None)  # tabulate shows None as `missing`
+    text = frame.to_markdown(index=index, floatfmt=floatfmt, missingval=missing)
+    return Markdown(text)
