@@ -175,8 +175,6 @@ KNOWN: dict[str, set[str]] = {
     "width": {"book/inputs", "book/source_prompts", "book/baselines", "book/transfer", "book/attention_transfer",
               "book/transferability", "book/attention_maps", "book/data_scarcity", "book/theory_prompt_attention",
               "book/performance"},
-    # a value left as a cell's last expression (cmpt.record returns its value)
-    "bare": {"book/source_prompts", "book/attention_transfer"},
 }
 
 
