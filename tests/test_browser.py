@@ -173,6 +173,7 @@ KNOWN: dict[str, set[str]] = {
     # pandas tables wider than the column (every figure and printed line fits)
     "width": {"book/inputs", "book/transferability", "book/attention_maps", "book/data_scarcity",
               "book/theory_prompt_attention", "book/performance"},
+}
 
 
 def _assert_clean(report: dict[str, dict], kinds: set[str], what: str) -> None:
