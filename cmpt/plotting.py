@@ -13,7 +13,7 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-__all__ = ["COLUMN_PX", "FIGURE_DPI", "FIGURE_SIZE", "TEXT_WIDTH", "markdown_table", "max_figure_width",
+__all__ = ["COLUMN_PX", "FIGURE_DPI", "FIGURE_SIZE", "TEXT_WIDTH", "markdown_table", "markdown_text", "max_figure_width",
            "print_wrapped", "use_book_style"]
 
 #: the width, in CSS pixels, of the HTML book's output column at a usual window size
@@ -73,13 +73,19 @@ def _cell_text(value: Any) -> Any:
 
 
 def markdown_table(frame: Any, floatfmt: str = ".3f", index: bool = True, missing: str = "–") -> Any:
-    """``frame`` (a DataFrame or Series) as an IPython ``Markdown`` table.
+    """``frame`` (a DataFrame or Series) as an IPython ``Markdown`` table (see :func:`markdown_text`)."""
+    from IPython.display import Markdown
+
+    return Markdown(markdown_text(frame, floatfmt, index, missing))
+
+
+def markdown_text(frame: Any, floatfmt: str = ".3f", index: bool = True, missing: str = "–") -> str:
+    """``frame`` (a DataFrame or Series) as Markdown table text, to display or to put inside a sentence.
 
     Floats use ``floatfmt``, missing values show ``missing``, and column levels of a
     MultiIndex are joined with " / ".
     """
     import pandas as pd
-    from IPython.display import Markdown
 
     if isinstance(frame, pd.Series):
         frame = frame.to_frame()
@@ -93,5 +99,4 @@ def markdown_table(frame: Any, floatfmt: str = ".3f", index: bool = True, missin
     frame.index = pd.Index([_cell_text(str(i)) for i in frame.index], name=frame.index.name)
     frame = frame.map(_cell_text)
     frame = frame.astype(object).where(frame.notna(), None)  # tabulate shows None as `missing`
-    text = frame.to_markdown(index=index, floatfmt=floatfmt, missingval=missing)
-    return Markdown(text)
+    return frame.to_markdown(index=index, floatfmt=floatfmt, missingval=missing)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cmpt.plotting import markdown_text
 from cmpt.stats import VERDICTS, t_interval, verdict
 from cmpt.theory.mixture import MixtureSpec
 from cmpt.theory.sweeps import MODEL_LABELS
@@ -113,5 +114,5 @@ def mean_by_model(data: pd.DataFrame, index: str, value: str = "error") -> pd.Da
 
 
 def markdown_table(data: pd.DataFrame, floatfmt: str = ".3f", index: bool = False) -> str:
-    """``data`` as a GitHub-flavoured Markdown table (for ``IPython.display.Markdown``)."""
-    return data.to_markdown(index=index, floatfmt=floatfmt)
+    """``data`` as Markdown table text (:func:`cmpt.plotting.markdown_text`; the chapter's default: no index)."""
+    return markdown_text(data, floatfmt=floatfmt, index=index)
