@@ -239,13 +239,9 @@ def memory_config_from_args(args: argparse.Namespace) -> MemoryConfig:
 
 def run_from_args(args: argparse.Namespace) -> int:
     if getattr(args, "memory", False):
-        memory = run_memory(memory_config_from_args(args))
-        for line in memory.lines():
-            print(line, flush=True)
-        if args.json:
-            Path(args.json).write_text(memory.to_json())
-        return 0
-    result = run_bench(config_from_args(args))
+        result: Any = run_memory(memory_config_from_args(args))
+    else:
+        result = run_bench(config_from_args(args))
     for line in result.lines():
         print(line, flush=True)
     if args.json:

@@ -69,9 +69,12 @@ def search_space(profile: Profile, setting: str) -> SearchSpace | None:
     return None
 
 
-def _group_key(config: TargetConfig) -> TargetConfig:
-    """A config with its seed removed: the unit a search is run for."""
-    return config.replace(seed=0)
+def _groups(configs: Iterable[TargetConfig]) -> dict[TargetConfig, list[int]]:
+    """The units a search is run for (each config with its seed removed) and the seeds asked of each."""
+    groups: dict[TargetConfig, list[int]] = {}
+    for config in configs:
+        groups.setdefault(config.replace(seed=0), []).append(config.seed)
+    return groups
 
 
 def search_configs(base: TargetConfig, space: SearchSpace, seed: int, concentrated: int | None = None,
@@ -119,9 +122,7 @@ def run_protocol(profile: Profile, configs: Iterable[TargetConfig], prompts: Map
     store = store or ResultsStore.for_profile(profile)
     if profile.protocol == "val":
         return target_sweep(profile, configs, prompts, desc=desc, store=store, **options)
-    groups: dict[TargetConfig, list[int]] = {}
-    for config in configs:
-        groups.setdefault(_group_key(config), []).append(config.seed)
+    groups = _groups(configs)
     seed = profile.seeds[0]
     chosen: dict[TargetConfig, tuple[TargetConfig, int]] = {}
     spaces = {key: search_space(profile, key.setting) for key in groups}
@@ -164,9 +165,7 @@ def planned_runs(profile: Profile, configs: Iterable[TargetConfig]) -> list[Targ
     configs = list(configs)
     if profile.protocol == "val":
         return configs
-    groups: dict[TargetConfig, list[int]] = {}
-    for config in configs:
-        groups.setdefault(_group_key(config), []).append(config.seed)
+    groups = _groups(configs)
     seed = profile.seeds[0]
     out: list[TargetConfig] = []
     for key, seeds in groups.items():
