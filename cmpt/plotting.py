@@ -11,9 +11,12 @@ which the book renders like its own tables (and JupyterLab renders too), and
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["COLUMN_PX", "FIGURE_DPI", "FIGURE_SIZE", "TEXT_WIDTH", "markdown_table", "markdown_text", "max_figure_width",
+import numpy as np
+
+__all__ = ["COLUMN_PX", "FIGURE_DPI", "FIGURE_SIZE", "TEXT_WIDTH", "interval_bars", "markdown_table", "markdown_text", "max_figure_width",
            "print_wrapped", "use_book_style"]
 
 #: the width, in CSS pixels, of the HTML book's output column at a usual window size
@@ -100,3 +103,26 @@ def markdown_text(frame: Any, floatfmt: str = ".3f", index: bool = True, missing
     frame = frame.map(_cell_text)
     frame = frame.astype(object).where(frame.notna(), None)  # tabulate shows None as `missing`
     return frame.to_markdown(index=index, floatfmt=floatfmt, missingval=missing)
+
+
+def interval_bars(ax: Any, table: Any, x: str = "target", hue: str = "setting", metric: str = "test_acc",
+                  order: Sequence[str] | None = None, hue_order: Sequence[str] | None = None) -> Any:
+    """Grouped bars of ``metric`` with whiskers from an :func:`cmpt.stats.interval_table` (``{metric}_low/_high``).
+
+    Groups without an interval (one value) get a bar and no whisker.
+    """
+    order = list(order or dict.fromkeys(table[x]))
+    hue_order = list(hue_order or dict.fromkeys(table[hue]))
+    width = 0.8 / max(1, len(hue_order))
+    for j, name in enumerate(hue_order):
+        part = table[table[hue] == name].set_index(x).reindex(order)
+        pos = np.arange(len(order)) - 0.4 + width * (j + 0.5)
+        est = part[metric].to_numpy(float)
+        low, high = part[f"{metric}_low"].to_numpy(float), part[f"{metric}_high"].to_numpy(float)
+        ax.bar(pos, est, width, label=name)
+        err = np.vstack([est - low, high - est])
+        ok = np.isfinite(err).all(axis=0)
+        ax.errorbar(pos[ok], est[ok], yerr=err[:, ok], fmt="none", ecolor="black", elinewidth=1, capsize=2)
+    ax.set_xticks(np.arange(len(order)), order)
+    ax.legend(bbox_to_anchor=(1.0, 1.0), loc="upper left", fontsize=9)
+    return ax

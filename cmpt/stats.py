@@ -36,11 +36,11 @@ from scipy import stats
 
 from cmpt.errors import InputError, check_names
 
-__all__ = ["VERDICTS", "BOOTSTRAP_METHODS", "CORRELATIONS", "LEVEL", "N_RESAMPLES", "Interval", "NoiseCeiling",
-           "bootstrap_interval", "compare_settings", "correlation_interval", "decode_correct", "encode_correct",
+__all__ = ["VERDICTS", "VERDICT_WORDS", "BOOTSTRAP_METHODS", "CORRELATIONS", "LEVEL", "N_RESAMPLES", "Interval", "NoiseCeiling",
+           "bootstrap_interval", "compare_settings", "describe_difference", "correlation_interval", "decode_correct", "encode_correct",
            "format_interval", "interval_table", "noise_ceiling", "paired_bootstrap", "paired_t",
            "paired_t_over_targets", "per_target_correlation", "rank_correlation", "seed_replicates",
-           "t_interval", "verdict"]
+           "t_bounds", "t_interval", "verdict"]
 
 LEVEL = 0.95
 N_RESAMPLES = 9999
@@ -513,3 +513,21 @@ def seed_replicates(runs: pd.DataFrame, first_seeds: Iterable[Any], second_seeds
             raise InputError(f"no runs with {seed_column} in {sorted(seeds)}")
         out.append(part.groupby(list(keys), sort=False)[metric].mean().rename("acc").reset_index())
     return out[0], out[1]
+
+
+#: how a chapter's closing words say each verdict of a claimed increase
+VERDICT_WORDS = {"supported": "higher, beyond the noise", "contradicted": "lower, beyond the noise",
+                 "inconclusive": "within the noise (the interval includes zero)"}
+
+
+def describe_difference(label: str, interval: Interval, digits: int = 3) -> str:
+    """One sentence on a paired difference: ``"SPT - VPT: +0.012 [-0.010, 0.034] (paired t over ...): within the noise ..."``."""
+    est = f"{interval.estimate:+.{digits}f}"
+    bounds = f"[{interval.low:+.{digits}f}, {interval.high:+.{digits}f}]" if interval.defined else "[no interval]"
+    return f"{label}: {est} {bounds} ({interval.method}): {VERDICT_WORDS[verdict(interval)]}."
+
+
+def t_bounds(values: Sequence[float] | np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """``(low, high)`` of :func:`t_interval`, for seaborn's ``errorbar=`` (no whisker from one value)."""
+    iv = t_interval(values, level)
+    return (iv.low, iv.high) if iv.defined else (iv.estimate, iv.estimate)
