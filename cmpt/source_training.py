@@ -18,10 +18,12 @@ import torch
 from torch import nn
 
 from cmpt.backbones.text import PromptedTextEncoder
+from cmpt.errors import InputError
 from cmpt.prompts import Prompt
 from cmpt.train import FitResult, TrainConfig, fit
 
-__all__ = ["TextPromptClassifier", "init_seed", "moved", "nearest_tokens", "tokenize_split", "train_source_prompt"]
+__all__ = ["TextPromptClassifier", "init_seed", "moved", "nearest_tokens", "text_features", "text_linear_probe",
+           "tokenize_split", "train_source_prompt"]
 
 
 def init_seed(task: str, seed: int) -> int:
@@ -97,3 +99,39 @@ def nearest_tokens(prompt: torch.Tensor, encoder: PromptedTextEncoder, k: int = 
     sims = nn.functional.normalize(prompt.float(), dim=-1) @ nn.functional.normalize(vocab.float(), dim=-1).T
     ids = sims.topk(k, dim=-1).indices
     return [encoder.tokenizer.convert_ids_to_tokens(row.tolist()) for row in ids]
+
+
+@torch.no_grad()
+def text_features(encoder: PromptedTextEncoder, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """The frozen encoder's read-out features of ``texts`` with no prompt, ``[N, width]``."""
+    encoder.eval()
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        inputs = encoder.tokenize(list(texts[start:start + batch_size]))
+        chunks.append(encoder(inputs["input_ids"], inputs["attention_mask"]).float().cpu())
+    return torch.cat(chunks) if chunks else torch.zeros(0, encoder.width)
+
+
+def text_linear_probe(encoder: PromptedTextEncoder, task: Any, strengths: tuple[float, ...] = (0.1, 1.0, 10.0),
+                      seed: int = 0) -> dict[str, float]:
+    """A logistic-regression probe on the frozen encoder (no prompt): the reference a source prompt must beat.
+
+    The inverse regularisation strength is chosen on the validation split; returns ``val_acc``,
+    ``test_acc`` and the chosen ``C``.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if not strengths:
+        raise InputError("text_linear_probe needs at least one regularisation strength")
+    feats = {name: text_features(encoder, task.split(name)[0]).numpy() for name in ("train", "val", "test")}
+    labels = {name: task.split(name)[1] for name in ("train", "val", "test")}
+    best: dict[str, float] | None = None
+    for c in strengths:
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed))
+        probe.fit(feats["train"], labels["train"])
+        val = float(probe.score(feats["val"], labels["val"]))
+        if best is None or val > best["val_acc"]:
+            best = {"val_acc": val, "test_acc": float(probe.score(feats["test"], labels["test"])), "C": c}
+    return best  # type: ignore[return-value]
