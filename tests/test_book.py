@@ -61,11 +61,16 @@ def _check_source_prompts(rec: dict) -> None:
     for task in SMOKE.text_tasks:
         assert 0.0 <= rec[f"source/{task}/test_acc"] <= 1.0 and rec[f"source/{task}/norm"] > 0
     assert rec["source/beats_majority"] >= 1  # the smoke keyword tasks are learnable
+    for task in SMOKE.text_tasks:
+        assert 0.0 < rec[f"source/{task}/majority"] < 1.0 and 0.0 <= rec[f"source/{task}/linear_probe"] <= 1.0
     assert f"ours ({SMOKE.text_backbone})" in rec["source/norm_spread"]
 
 
 def _check_baselines(rec: dict) -> None:
-    for setting in ("linear", "vpt"):
+    for pair in ("vpt-linear", "spt-linear", "spt-vpt"):  # paired differences with their intervals
+        effect, low, high = rec[f"baselines/diff/{pair}"]
+        assert -1.0 <= effect <= 1.0 and (low is None or low <= effect <= high)
+    for setting in ("linear", "vpt", "spt"):
         for task in SMOKE.image_tasks:
             assert 0.0 <= rec[f"baselines/{setting}/{task}"] <= 1.0
         # both smoke targets are Structured: the mean of group means is the mean of the two
@@ -112,10 +117,8 @@ def _check_transferability(rec: dict) -> None:
     assert share is None or 0.0 <= share <= 1.0
     assert set(rec["transferability/recommended"]) == set(SMOKE.image_tasks)
     assert set(rec["transferability/recommended"].values()) <= set(SMOKE.text_tasks)
-    for rival in ("spot", "on"):
-        ours, theirs = rec["transferability/kendall/combined"], rec[f"transferability/kendall/{rival}"]
-        expected = None if ours is None or theirs is None else ours > theirs
-        assert rec[f"transferability/combined_beats_{rival}"] == expected
+    assert rec["transferability/claim_f/verdict"] in ("supported", "contradicted", "inconclusive")
+    assert rec["transferability/claim_f/n_pairs"] >= 1
 
 
 def _check_attention_maps(rec: dict) -> None:
@@ -141,15 +144,24 @@ def _check_data_scarcity(rec: dict) -> None:
     assert rec["scarcity/stratified"] is True and rec["scarcity/nested"] is True
     assert rec["scarcity/n_train"]["clevr_count"] == {"1-shot": 8, "2-shot": 16, "4-shot": 32, "full": SMOKE.n_train}
     settings = set(rec["scarcity/settings"])
-    assert settings == {"linear", "frozen", "vpt", "projection", "attention"}
+    assert settings == {"linear", "frozen", "vpt", "spt", "projection"}
     accs = {k: v for k, v in rec.items() if k.startswith("scarcity/acc/")}
     assert {k.split("/")[2] for k in accs} == settings and all(0.0 <= v <= 1.0 for v in accs.values())
-    assert len(accs) == 4 * (2 + 3 * 2)  # 4 training sets x (linear, vpt + 3 transfer settings x 2 choices)
+    assert len(accs) == 4 * 5  # 4 training sets x 5 settings; no oracle curves by default
     assert all(-1.0 <= v <= 1.0 for k, v in rec.items() if k.startswith("scarcity/gain/"))
-    low, high = rec["scarcity/size_range"]["clevr_count"]
-    assert all(low < n < high for curve in rec["scarcity/crossings"]["clevr_count"].values() for n in curve)
-    assert set(rec["scarcity/sentences"]) == {"clevr_count"} and "vpt" in rec["scarcity/sentences"]["clevr_count"]
+    gains = rec["scarcity/gain_over_vpt"]  # one paired comparison per setting and training set
+    assert len(gains) == 4 * 4 and {g["verdict"] for g in gains} <= {"supported", "contradicted", "inconclusive"}
+    assert len(rec["scarcity/sentences"]) == 4 and all("VPT" in line for line in rec["scarcity/sentences"])
     assert set(rec["scarcity/sources"]["clevr_count"]) == {"val", "oracle"}
+
+
+def _check_findings(rec: dict) -> None:
+    for claim in "abcdef":  # every claim, whatever its verdict
+        assert rec[f"findings/{claim}/verdict"] in ("supported", "contradicted", "inconclusive"), claim
+        low, high = rec[f"findings/{claim}/ci"]
+        effect = rec[f"findings/{claim}/effect"]
+        assert (low is None and high is None) or low <= effect <= high, claim
+        assert rec[f"findings/{claim}/n_pairs"] >= 1 and rec[f"findings/{claim}/n_seeds"] == len(SMOKE.seeds)
 
 
 def _check_performance(rec: dict) -> None:
@@ -175,6 +187,7 @@ def _check_performance(rec: dict) -> None:
 
 #: what each chapter must have recorded at the smoke profile; a new chapter needs an entry
 CHECKS = {
+    "findings": _check_findings,
     "inputs": _check_inputs,
     "source_prompts": _check_source_prompts,
     "baselines": _check_baselines,
