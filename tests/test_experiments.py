@@ -137,3 +137,26 @@ def test_spt_starts_from_prototypes_of_exactly_the_training_images_and_trains_pr
     assert trainable == {"prompt_source.prompt", "head.weight", "head.bias"}
     record = run_target(config, backbone, data, None)
     assert 0.0 <= record["final"]["test_acc"] <= 1.0
+
+
+def test_text_linear_probe_is_sklearn_on_the_frozen_features_chosen_on_val():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from cmpt.backbones import load_text_backbone
+    from cmpt.data import load_text_task
+    from cmpt.errors import InputError
+    from cmpt.source_training import text_features, text_linear_probe
+
+    encoder = load_text_backbone(SMOKE.text_backbone, max_length=SMOKE.text_max_length)
+    task = load_text_task("keywords", SMOKE)
+    probe = text_linear_probe(encoder, task, strengths=(0.01, 1.0))
+    assert probe["C"] in (0.01, 1.0) and 0.0 <= probe["val_acc"] <= 1.0
+    feats = {n: text_features(encoder, task.split(n)[0]).numpy() for n in ("train", "test")}
+    assert feats["train"].shape == (len(task.train_texts), encoder.width)
+    again = make_pipeline(StandardScaler(), LogisticRegression(C=probe["C"], max_iter=2000, random_state=0))
+    again.fit(feats["train"], task.train_labels)
+    assert probe["test_acc"] == pytest.approx(again.score(feats["test"], task.test_labels))
+    with pytest.raises(InputError):
+        text_linear_probe(encoder, task, strengths=())
