@@ -259,7 +259,7 @@ def test_counted_flops_match_the_formula(vit):
 def test_bench_config_follows_the_profile():
     bc = BenchConfig.from_profile("default")
     assert (bc.backbone, bc.image_size, bc.prompt_length, bc.batch_size) == ("dinov2-s14", 56, 8, 32)
-    assert (bc.sources, bc.mmd_targets, bc.head_epochs) == (4, 7, 60)
+    assert (bc.sources, bc.mmd_targets, bc.head_epochs) == (8, 4, 60)
     assert BenchConfig.from_profile("paper").n_test == 2000
     assert BenchConfig.from_profile("smoke", steps=5).steps == 5
 
