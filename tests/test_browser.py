@@ -171,8 +171,7 @@ def book_pages(smoke_book) -> dict[str, dict]:
 #: the check. Remove a page once it is clean.
 KNOWN: dict[str, set[str]] = {
     # pandas tables wider than the column (every figure and printed line fits)
-    "width": {"book/inputs", "book/transferability", "book/attention_maps", "book/data_scarcity",
-              "book/theory_prompt_attention", "book/performance"},
+    "width": set(),
 }
 
 
