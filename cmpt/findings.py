@@ -167,8 +167,7 @@ def ranking_claim(key: str, per_method: Mapping[str, pd.DataFrame], estimator: s
     joined = pd.concat({"est": per_method[estimator][metric], "base": per_method[best][metric]}, axis=1).dropna()
     if joined.empty:
         raise InputError(f"claim {key}: no target where both {estimator} and {best} rank the sources")
-    interval = paired_t_over_targets(joined["est"].to_numpy(), joined["base"].to_numpy(), list(joined.index),
-                                     over="targets")
+    interval = t_interval((joined["est"] - joined["base"]).to_numpy(float), unit="target")
     return Claim(key, interval, int(len(joined)), n_seeds, note=f"baseline: {best}", extra={"baseline": best})
 
 

@@ -25,7 +25,7 @@ MODEL_LABELS = {
     "prompt": "prompt-attention",
     "linear": "linear prompt-attention",
     "self": "self-attention",
-    "uniform": "uniform averaging (q = 0)",
+    "uniform": "uniform (q = 0)",
     "oracle": "prompt-attention, oracle",
 }
 
@@ -148,8 +148,8 @@ def cosines_long(algo: pd.DataFrame) -> pd.DataFrame:
 
 def algorithm_summary(algo: pd.DataFrame) -> pd.DataFrame:
     """:func:`algorithm_vs_n` averaged over seeds, one row per ``n``, with readable column names."""
-    names = {**_COSINES, "error": "test error, debiased", "error_raw": "test error, no intercept",
-             "relevant_mass": "attention mass on relevant tokens"}
+    names = {**_COSINES, "error": "error, debiased", "error_raw": "error, no intercept",
+             "relevant_mass": "relevant mass"}
     return algo.groupby("n")[list(names)].mean().rename(columns=names)
 
 
