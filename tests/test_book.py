@@ -393,7 +393,7 @@ def test_notebook_profile_rejects_unknown_clashing_and_bad_values(monkeypatch):
 def test_runner_injects_every_chapter_parameter():
     plan = plan_book(ROOT, ROOT, "smoke", {"shots": [1]})
     params = plan.parameters["book/data_scarcity"]
-    assert params["shots"] == [1] and params["oracle"] is True and params["scarcity_targets"] == []
+    assert params["shots"] == [1] and params["oracle"] is False and params["scarcity_targets"] == []
     assert set(params) == set(papermill.inspect_notebook(str(ROOT / "book" / "data_scarcity.ipynb")))
 
 
