@@ -103,7 +103,9 @@ class BenchResult:
             f"{mem['cmpt']['bytes'] / max(1, mem['reference']['bytes']):.2f}x",
         ]
         rates = self.ideas.get("images_per_s", {})
+        once = set(self.ideas.get("timed_once", ()))
         out += [f"idea: {name}: {rate:.1f} img/s ({rate / rates['fp32']:.2f}x cmpt's fp32 step)"
+                + (" (one step timed: too slow to repeat)" if name in once else "")
                 for name, rate in rates.items() if name != "fp32"]
         if "compile" in self.ideas:
             comp = self.ideas["compile"]

@@ -27,7 +27,7 @@ class BenchConfig:
     profile: str = "default"
     backbone: str = "dinov2-s14"
     random_weights: bool = False  # a randomly initialised copy of the backbone (timing only; no download)
-    image_size: int = 56
+    image_size: int = 42
     prompt_length: int = 8
     layout: str = "before_cls"
     batch_size: int = 32
@@ -35,6 +35,7 @@ class BenchConfig:
     steps: int = 8  # timed steps per round
     rounds: int = 3  # rounds alternating reference and cmpt; the median round counts
     warmup: int = 2
+    slow_cap: float = 4.0  # a variant this many times slower than the fastest is timed once, not in rounds
     # head-only settings (one target: linear, random and frozen from every source)
     n_train: int = 80
     n_val: int = 40

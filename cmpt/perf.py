@@ -197,13 +197,22 @@ def _rate(step: Callable[[], Any], items: int, steps: int, device: torch.device)
 
 def _alternate(steps: Mapping[str, Callable[[], Any]], items: Mapping[str, int], bc: BenchConfig,
                device: torch.device, desc: str) -> dict[str, list[float]]:
-    """Items/s of each step, per round; rounds alternate the steps so load drift hits all of them."""
-    for step in steps.values():
-        for _ in range(bc.warmup):
+    """Items/s of each step, per round; rounds alternate the steps so load drift hits all of them.
+
+    The first call of each step is timed; a step more than ``bc.slow_cap`` times slower than the
+    fastest first call (bf16 on a CPU that emulates it, say) keeps that one rate and is not
+    repeated, so one very slow variant cannot take the benchmark's whole time.
+    """
+    first = {name: _rate(step, items[name], 1, device) for name, step in steps.items()}
+    fastest = max(first.values())
+    slow = {name for name, rate in first.items() if rate * bc.slow_cap < fastest}
+    timed = {name: step for name, step in steps.items() if name not in slow}
+    for step in timed.values():
+        for _ in range(bc.warmup - 1):
             step()
-    rates: dict[str, list[float]] = {name: [] for name in steps}
+    rates: dict[str, list[float]] = {name: [first[name]] if name in slow else [] for name in steps}
     for _ in tqdm(range(bc.rounds), desc=desc, leave=False, disable=None):
-        for name, step in steps.items():
+        for name, step in timed.items():
             rates[name].append(_rate(step, items[name], bc.steps, device))
     return rates
 
@@ -481,6 +490,7 @@ def ideas(bc: BenchConfig, backbone: PromptedViT, device: torch.device) -> dict[
     items = {k: bc.batch_size * (bc.sources if "prompts in one forward" in k else 1) for k in steps}
     rates = _alternate(steps, items, bc, device, "ideas")
     out["images_per_s"] = {k: statistics.median(v) for k, v in rates.items()}
+    out["timed_once"] = [k for k, v in rates.items() if len(v) == 1 and bc.rounds > 1]
     if bc.compile:
         out["compile"] = _compiled(bc, backbone, tokens, labels, device)
     return out

@@ -78,7 +78,8 @@ def run_target(config: TargetConfig, backbone: PromptedViT, data: TargetData, so
 
     With ``config.train_subset`` the train split is cut to that subset (its size is recorded as
     ``n_train``); with ``config.train_split == "trainval"`` (a final run) the run trains on
-    train + val and its last epoch counts; a search run (``stage == "search"``) is never tested.
+    train + val and its last epoch counts; a run whose selection is ``"last"`` is not validated
+    (no validation passes); a search run (``stage == "search"``) is never tested.
     With ``return_model`` the trained :class:`PromptedClassifier` (holding the selected epoch's
     state) is returned too, as ``(record, model)``.
     """
@@ -103,7 +104,7 @@ def run_target(config: TargetConfig, backbone: PromptedViT, data: TargetData, so
     else:
         splits = data.splits(**kwargs)
         trained = model
-    if config.train_split == "trainval":  # a final run: val is training data now
+    if config.train_split == "trainval" or config.selection == "last":  # val is training data, or unused
         splits[1] = None  # type: ignore[call-overload]
     if config.stage == "search":  # a grid point is chosen on val: it never sees the test split
         splits[2] = None  # type: ignore[call-overload]

@@ -10,9 +10,12 @@ The protocol (CoOp's, adapted; the CMPT paper does not publish its counts):
   initialisation, so seed bands show both sources of variance;
 - a subset as large as the whole train split is not run: the full-data run stands for it
   (it is the run the earlier chapters stored, same config, reused);
-- validation is the **whole** val split (epoch selection), test the whole test split; the
-  recipe (epochs, batch, learning rate) is the same at every size, so smaller sets get fewer
-  optimiser steps;
+- a subset run sees no validation split and reports its **last** epoch: a k-shot budget has
+  no room for the 4-per-class validation split (it would hold more labelled images than the
+  training set), and the validation passes would cost more than the training; full-data runs
+  keep the profile's selection (on validation). Test is the whole test split; the recipe
+  (epochs, batch, learning rate) is the same at every size, so smaller sets get fewer optimiser
+  steps;
 - transfer settings take one source per target, chosen from full-data projection transfer
   by validation accuracy (``choice="val"``) and, labelled as an oracle, by test accuracy
   (``choice="oracle"``, the paper's ground-truth transferability).
@@ -160,6 +163,8 @@ def plan_runs(profile: Profile, plan: pd.DataFrame, settings: Sequence[str], sou
         meta = {key: row[key] for key in ("target", "group", "regime", "k", "fraction", "label", "n_train", "seed")}
         for setting in settings:
             extra: dict[str, Any] = {"train_subset": row.spec}
+            if row.spec is not None:  # a subset run: no validation split, the last epoch counts
+                extra["selection"] = "last"
             if setting == "attention":
                 extra.update(concentrated=concentrated or default_concentrated(profile), scaled=scaled)
             if setting in TRANSFER_SETTINGS:

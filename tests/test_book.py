@@ -140,17 +140,17 @@ def _check_attention_maps(rec: dict) -> None:
 
 
 def _check_data_scarcity(rec: dict) -> None:
-    assert rec["scarcity/targets"] == ["clevr_count"] and rec["scarcity/val_split"] == "full"
+    assert rec["scarcity/targets"] == ["clevr_count"] and rec["scarcity/subset_selection"] == "last"
     assert rec["scarcity/stratified"] is True and rec["scarcity/nested"] is True
-    assert rec["scarcity/n_train"]["clevr_count"] == {"1-shot": 8, "2-shot": 16, "4-shot": 32, "full": SMOKE.n_train}
+    assert rec["scarcity/n_train"]["clevr_count"] == {"1-shot": 8, "4-shot": 32, "full": SMOKE.n_train}
     settings = set(rec["scarcity/settings"])
     assert settings == {"linear", "frozen", "vpt", "spt", "projection"}
     accs = {k: v for k, v in rec.items() if k.startswith("scarcity/acc/")}
     assert {k.split("/")[2] for k in accs} == settings and all(0.0 <= v <= 1.0 for v in accs.values())
-    assert len(accs) == 4 * 5  # 4 training sets x 5 settings; no oracle curves by default
+    assert len(accs) == 3 * 5  # 3 training sets x 5 settings; no oracle curves by default
     assert all(-1.0 <= v <= 1.0 for k, v in rec.items() if k.startswith("scarcity/gain/"))
     gains = rec["scarcity/gain_over_vpt"]  # one paired comparison per setting and training set
-    assert len(gains) == 4 * 4 and {g["verdict"] for g in gains} <= {"supported", "contradicted", "inconclusive"}
+    assert len(gains) == 4 * 3 and {g["verdict"] for g in gains} <= {"supported", "contradicted", "inconclusive"}
     assert len(rec["scarcity/sentences"]) == 4 and all("VPT" in line for line in rec["scarcity/sentences"])
     assert set(rec["scarcity/sources"]["clevr_count"]) == {"val", "oracle"}
 
@@ -354,7 +354,7 @@ def _fake_kernel(monkeypatch, *cells: str) -> None:
     monkeypatch.setattr(cmpt.book, "_kernel", lambda: (["", *cells], {}))
 
 
-PARAMS_CELL = 'profile = "default"\noverrides = {}\nshots = [1, 2, 4]\n'
+PARAMS_CELL = 'profile = "default"\noverrides = {}\nshots = [1, 4]\n'
 
 
 def test_notebook_profile_reads_only_what_papermill_injected(monkeypatch, capsys):
@@ -435,7 +435,7 @@ def test_cli_book_help_lists_chapters_their_parameters_and_the_profile_fields():
     assert proc.returncode == 0, proc.stderr
     for chapter in NOTEBOOKS:
         assert f"\n  {chapter.stem}" in proc.stdout, chapter.stem
-    assert "shots = [1, 2, 4]" in proc.stdout and "include_deep = False" in proc.stdout
+    assert "shots = [1, 4]" in proc.stdout and "include_deep = False" in proc.stdout
     assert "prompt_layout" in proc.stdout and "cmpt profiles -v" in proc.stdout
 
 

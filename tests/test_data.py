@@ -429,8 +429,8 @@ DEFAULT_TEXT = {  # name: (group, classes, train, val, test)
     "vader_nyt": ("sentiment", 2, 1641, 410, 880),
     "text_domain": ("domain", 4, 2000, 500, 1000),
     "word_order": ("syntax", 2, 2000, 500, 1000),
-    "same_polarity": ("pair", 2, 1320, 329, 707),
-    "same_domain": ("pair", 2, 1680, 420, 900),
+    "plot_or_review": ("genre", 2, 1213, 303, 650),
+    "debate_role": ("role", 2, 490, 122, 263),
 }
 DEFAULT_IMAGE = {  # name: (group, classes, train, val, test)
     "animals": ("Natural", 10, 160, 40, 400),
@@ -490,6 +490,20 @@ def test_word_order_shuffles_real_snippets_and_keeps_the_halves_apart():
     assert all(s is not None and s != t for s, t in zip(sources, shuffled[:500]))  # a real snippet, reordered
     assert not set(sources) & set(originals)  # no snippet appears both ways
     assert not any(c.isupper() for t in texts[:500] for c in t)  # no capitalisation cue
+
+
+@pytest.mark.slow
+def test_genre_and_role_tasks_take_their_labels_from_the_corpora():
+    from cmpt.data.text_tasks import MIN_STATEMENT_WORDS, _rotten_tomatoes
+
+    texts, labels = TEXT_TASKS["plot_or_review"].pool(0)
+    assert np.bincount(labels).tolist() == [len(labels) // 2] * 2  # as many snippets as synopses
+    reviews = set(_rotten_tomatoes(0)[0])
+    assert all((t in reviews) == bool(y) for t, y in zip(texts, labels))  # label 1: a critic's snippet
+    texts, labels = TEXT_TASKS["debate_role"].pool(0)
+    said = dict(zip(texts, labels.tolist()))
+    assert said[next(t for t in texts if t.startswith("I'm Elaine Quijano"))] == 0  # the VP debate's moderator
+    assert all(len(t.split()) >= MIN_STATEMENT_WORDS for t in texts) and 0 < labels.mean() < 1
 
 
 @pytest.mark.slow

@@ -256,10 +256,30 @@ def test_counted_flops_match_the_formula(vit):
     assert counted == pytest.approx(formula, rel=0.15)  # the rest: patch projection and head
 
 
+def test_a_variant_far_slower_than_the_rest_is_timed_once():
+    import time
+
+    from cmpt.perf import _alternate
+
+    calls = {"fast": 0, "slow": 0}
+
+    def fast() -> None:
+        calls["fast"] += 1
+
+    def slow() -> None:
+        calls["slow"] += 1
+        time.sleep(0.05)
+
+    bc = BenchConfig(steps=3, rounds=2, warmup=2, slow_cap=4.0)
+    rates = _alternate({"fast": fast, "slow": slow}, {"fast": 1, "slow": 1}, bc, torch.device("cpu"), "test")
+    assert calls["slow"] == 1 and len(rates["slow"]) == 1 and rates["slow"][0] < 21  # one timed call, ~20/s
+    assert calls["fast"] == 1 + (bc.warmup - 1) + bc.rounds * bc.steps and len(rates["fast"]) == bc.rounds
+
+
 def test_bench_config_follows_the_profile():
     bc = BenchConfig.from_profile("default")
-    assert (bc.backbone, bc.image_size, bc.prompt_length, bc.batch_size) == ("dinov2-s14", 56, 8, 32)
-    assert (bc.sources, bc.mmd_targets, bc.head_epochs) == (8, 4, 60)
+    assert (bc.backbone, bc.image_size, bc.prompt_length, bc.batch_size) == ("dinov2-s14", 42, 8, 32)
+    assert (bc.sources, bc.mmd_targets, bc.head_epochs) == (8, 3, 60)
     assert BenchConfig.from_profile("paper").n_test == 2000
     assert BenchConfig.from_profile("smoke", steps=5).steps == 5
 

