@@ -103,6 +103,11 @@ def test_interrupted_scarcity_sweep_resumes_without_redoing_runs(tmp_path, monke
     record = ResultsStore(tmp_path / "smoke").get(runs[0][1])
     assert record["config"]["train_subset"] == {"kind": "kshot", "k": 1, "seed": 42}
     assert record["final"]["n_train"] == 8
+    # a subset run reports its last epoch and never evaluates the validation split; a full run selects on it
+    assert record["config"]["selection"] == "last" and record["final"]["best_epoch"] == SMOKE.head_epochs
+    assert all(row["val_acc"] is None for row in record["metrics_per_epoch"])
+    full = [c for meta, c in runs if meta["regime"] == "full"]
+    assert full and all(c.selection == "val" for c in full)
     full = [c for m, c in runs if m["regime"] == "full"]
     assert all("train_subset" not in c.as_config() for c in full)  # full-data configs keep their old keys (and hashes)
 
