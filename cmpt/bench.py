@@ -107,6 +107,8 @@ class BenchResult:
         out += [f"idea: {name}: {rate:.1f} img/s ({rate / rates['fp32']:.2f}x cmpt's fp32 step)"
                 + (" (one step timed: too slow to repeat)" if name in once else "")
                 for name, rate in rates.items() if name != "fp32"]
+        out += [f"idea: {name}: not timed ({base} was too slow to repeat)"
+                for name, base in self.ideas.get("not_timed", {}).items()]
         if "compile" in self.ideas:
             comp = self.ideas["compile"]
             out.append(f"idea: torch.compile: first step {comp['compile_s']:.1f} s, then {comp['compiled']:.1f} img/s "

@@ -196,24 +196,33 @@ def _rate(step: Callable[[], Any], items: int, steps: int, device: torch.device)
 
 
 def _alternate(steps: Mapping[str, Callable[[], Any]], items: Mapping[str, int], bc: BenchConfig,
-               device: torch.device, desc: str) -> dict[str, list[float]]:
+               device: torch.device, desc: str, calls: Mapping[str, int] | None = None,
+               after: Mapping[str, str] | None = None) -> dict[str, list[float]]:
     """Items/s of each step, per round; rounds alternate the steps so load drift hits all of them.
 
     The first call of each step is timed; a step more than ``bc.slow_cap`` times slower than the
     fastest first call (bf16 on a CPU that emulates it, say) keeps that one rate and is not
-    repeated, so one very slow variant cannot take the benchmark's whole time.
+    repeated, so one very slow variant cannot take the benchmark's whole time. A step named in
+    ``after`` (``{step: the step it varies}``) is not run at all when that step was slow: it
+    gets no rate. ``calls`` sets a step's calls per round (default ``bc.steps``), for a step
+    that does several steps' work in one call.
     """
-    first = {name: _rate(step, items[name], 1, device) for name, step in steps.items()}
+    after, calls = dict(after or {}), dict(calls or {})
+    first: dict[str, float] = {}
+    for name, step in steps.items():  # in order, so a step's base is timed before it
+        base = after.get(name)
+        if base is None or first[base] * bc.slow_cap >= max(first.values()):
+            first[name] = _rate(step, items[name], 1, device)
     fastest = max(first.values())
     slow = {name for name, rate in first.items() if rate * bc.slow_cap < fastest}
-    timed = {name: step for name, step in steps.items() if name not in slow}
+    timed = {name: step for name, step in steps.items() if name in first and name not in slow}
     for step in timed.values():
         for _ in range(bc.warmup - 1):
             step()
-    rates: dict[str, list[float]] = {name: [first[name]] if name in slow else [] for name in steps}
+    rates: dict[str, list[float]] = {name: [first[name]] if name in slow else [] for name in first}
     for _ in tqdm(range(bc.rounds), desc=desc, leave=False, disable=None):
         for name, step in timed.items():
-            rates[name].append(_rate(step, items[name], bc.steps, device))
+            rates[name].append(_rate(step, items[name], calls.get(name, bc.steps), device))
     return rates
 
 
@@ -484,13 +493,18 @@ def ideas(bc: BenchConfig, backbone: PromptedViT, device: torch.device) -> dict[
                                            "fp32, no CLS shortcut": switched("fp32", cls_shortcut=False),
                                            f"fp32, {other}": switched("fp32", **flip),
                                            f"bf16 autocast, {other}": switched("bf16", **flip)}
-    steps[f"{bc.sources} prompts in one forward"] = _stacked_step(backbone, bc, tokens, labels, device)
+    stacked = f"{bc.sources} prompts in one forward"
+    steps[stacked] = _stacked_step(backbone, bc, tokens, labels, device)
     if device.type == "cpu":
         steps["fp32, 1 thread"] = _one_thread(steps["fp32"])
-    items = {k: bc.batch_size * (bc.sources if "prompts in one forward" in k else 1) for k in steps}
-    rates = _alternate(steps, items, bc, device, "ideas")
+    items = {k: bc.batch_size * (bc.sources if k == stacked else 1) for k in steps}
+    after = {f"bf16 autocast, {other}": "bf16 autocast"}
+    # one stacked call is ``sources`` steps' work: fewer calls per round time about as many images
+    rates = _alternate(steps, items, bc, device, "ideas", calls={stacked: max(1, bc.steps // bc.sources)},
+                       after=after)
     out["images_per_s"] = {k: statistics.median(v) for k, v in rates.items()}
     out["timed_once"] = [k for k, v in rates.items() if len(v) == 1 and bc.rounds > 1]
+    out["not_timed"] = {k: base for k, base in after.items() if k not in rates}
     if bc.compile:
         out["compile"] = _compiled(bc, backbone, tokens, labels, device)
     return out

@@ -276,6 +276,32 @@ def test_a_variant_far_slower_than_the_rest_is_timed_once():
     assert calls["fast"] == 1 + (bc.warmup - 1) + bc.rounds * bc.steps and len(rates["fast"]) == bc.rounds
 
 
+def test_a_variant_of_a_slow_step_is_not_run_and_calls_per_round_are_honoured():
+    import time
+
+    from cmpt.perf import _alternate
+
+    calls = {"fast": 0, "big": 0, "slow": 0, "slow, varied": 0}
+
+    def counted(name: str, pause: float = 0.0):
+        def step() -> None:
+            calls[name] += 1
+            time.sleep(pause)
+        return step
+
+    steps = {"fast": counted("fast"), "big": counted("big"), "slow": counted("slow", 0.05),
+             "slow, varied": counted("slow, varied")}
+    bc = BenchConfig(steps=4, rounds=2, warmup=1, slow_cap=4.0)
+    rates = _alternate(steps, dict.fromkeys(steps, 1), bc, torch.device("cpu"), "test", calls={"big": 1},
+                       after={"slow, varied": "slow"})
+    assert calls["slow, varied"] == 0 and "slow, varied" not in rates  # its base was slow: never run
+    assert calls["big"] == 1 + bc.rounds * 1 and calls["fast"] == 1 + bc.rounds * bc.steps
+    # the variant of a step that was not slow runs as usual
+    rates = _alternate({"fast": steps["fast"], "fast, varied": counted("fast")}, {"fast": 1, "fast, varied": 1},
+                       bc, torch.device("cpu"), "test", after={"fast, varied": "fast"})
+    assert len(rates["fast, varied"]) == bc.rounds
+
+
 def test_bench_config_follows_the_profile():
     bc = BenchConfig.from_profile("default")
     assert (bc.backbone, bc.image_size, bc.prompt_length, bc.batch_size) == ("dinov2-s14", 42, 8, 32)
