@@ -243,6 +243,64 @@ def test_page_checks_catch_each_problem(tmp_path):
     assert not any(p["where"].startswith("cell 5") for p in problems), problems
 
 
+#: the front page's hand-drawn figures: every text inside the figure and inside its box (a ``g.box``'s rect,
+#: with a margin), and no arrow (a straight ``line.arrow``) through any text, as Chromium lays the text out
+FIGURE_CHECKS_JS = """(() => {
+  const problems = [];
+  const inside = (a, b, margin) => a.x >= b.x + margin && a.y >= b.y + margin
+      && a.x + a.width <= b.x + b.width - margin && a.y + a.height <= b.y + b.height - margin;
+  const texts = [...document.querySelectorAll('text')];
+  const view = document.documentElement.viewBox.baseVal;
+  for (const t of texts) {
+    if (!inside(t.getBBox(), view, 0)) problems.push(`"${t.textContent}" leaves the figure`);
+  }
+  for (const box of document.querySelectorAll('g.box')) {
+    const rect = box.querySelector('rect').getBBox();
+    for (const t of box.querySelectorAll('text')) {
+      if (!inside(t.getBBox(), rect, 2)) problems.push(`"${t.textContent}" spills out of its box`);
+    }
+  }
+  for (const line of document.querySelectorAll('line.arrow')) {
+    const [x1, y1, x2, y2] = ['x1', 'y1', 'x2', 'y2'].map(k => line[k].baseVal.value);
+    for (const t of texts) {
+      const b = t.getBBox();
+      for (let i = 0; i <= 100; i++) {
+        const x = x1 + (x2 - x1) * i / 100, y = y1 + (y2 - y1) * i / 100;
+        if (x > b.x && x < b.x + b.width && y > b.y && y < b.y + b.height) {
+          problems.push(`an arrow crosses "${t.textContent}"`);
+          break;
+        }
+      }
+    }
+  }
+  const curves = document.querySelectorAll('svg > path, g > path').length;
+  if (curves) problems.push(`${curves} curved path(s): draw arrows as straight line.arrow elements`);
+  return problems;
+})()"""
+
+
+def figure_problems(svg: Path) -> list[str]:
+    browser = DevTools()
+    try:
+        browser.open(svg.resolve().as_uri())
+        return browser.evaluate(FIGURE_CHECKS_JS)
+    finally:
+        browser.close()
+
+
+@pytest.mark.browser
+def test_front_page_figure_keeps_its_text_in_its_boxes_and_clear_of_arrows(tmp_path):
+    _need_chromium()
+    figure = ROOT / "book" / "figures" / "pipeline.svg"
+    assert figure_problems(figure) == []
+    bad = figure.read_text().replace(">text task<", ">a text task whose name runs far past its box<", 1)
+    bad = bad.replace('x1="475" y1="78" x2="475" y2="108"', 'x1="475" y1="78" x2="20" y2="250"', 1)
+    (tmp_path / "bad.svg").write_text(bad)
+    problems = figure_problems(tmp_path / "bad.svg")
+    assert any("spills out of its box" in p and "far past" in p for p in problems), problems
+    assert any(p.startswith("an arrow crosses") and "Target" in p for p in problems), problems
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 def test_book_renders_in_headless_chromium(served_book, tmp_path):
