@@ -195,13 +195,14 @@ def overlay(ax: Any, image: np.ndarray, grid_map: np.ndarray | torch.Tensor, tit
     height, width = image.shape[:2]
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None, extent=(0, width, height, 0))
     ax.imshow(grid_map, cmap=cmap, alpha=alpha, extent=(0, width, height, 0), interpolation="nearest")
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=9)
     ax.set_axis_off()
 
 
 def plot_image_attention(image: np.ndarray, patches: np.ndarray | torch.Tensor, rolled: np.ndarray | torch.Tensor,
-                         title: str = "") -> Any:
-    """One image's CLS attention: image, rollout and the last layer's heads on top; every layer (head mean) below.
+                         title: str = "", columns: int = 6) -> Any:
+    """One image's CLS attention: the image, its rollout, the last layer and each of its heads, then every
+    layer (head mean), in rows of at most ``columns`` panels so that the figure fits a page column.
 
     ``patches``: ``[layers, heads, rows, cols]`` (one image of :func:`cls_patch_attention`);
     ``rolled``: ``[rows, cols]`` (one image of :func:`rollout_cls_patches`). Returns the figure.
@@ -210,19 +211,19 @@ def plot_image_attention(image: np.ndarray, patches: np.ndarray | torch.Tensor, 
 
     patches = np.asarray(patches, dtype=np.float64)
     layers, heads = patches.shape[:2]
-    columns = max(heads + 3, layers)
-    fig, axes = plt.subplots(2, columns, figsize=(1.25 * columns, 2.9), squeeze=False)
-    for ax in axes.ravel():
+    panels = [("rollout", rolled), ("last layer", patches[-1].mean(0))]
+    panels += [(f"last, head {head}", patches[-1, head]) for head in range(heads)]
+    panels += [(f"layer {layer + 1}", patches[layer].mean(0)) for layer in range(layers)]
+    n_rows = -(-(len(panels) + 1) // columns)
+    fig, axes = plt.subplots(n_rows, columns, figsize=(7.5, 7.5 / columns * n_rows + 0.5), squeeze=False)
+    flat = axes.ravel()
+    for ax in flat:
         ax.set_axis_off()
-    axes[0, 0].imshow(image, cmap="gray" if image.ndim == 2 else None)
-    axes[0, 0].set_title("image", fontsize=8)
-    overlay(axes[0, 1], image, rolled, "rollout")
-    overlay(axes[0, 2], image, patches[-1].mean(0), "last layer")
-    for head in range(heads):
-        overlay(axes[0, 3 + head], image, patches[-1, head], f"last, head {head}")
-    for layer in range(layers):
-        overlay(axes[1, layer], image, patches[layer].mean(0), f"layer {layer + 1}")
-    fig.suptitle(title, fontsize=9)
+    flat[0].imshow(image, cmap="gray" if image.ndim == 2 else None)
+    flat[0].set_title("image", fontsize=9)
+    for ax, (name, values) in zip(flat[1:], panels):
+        overlay(ax, image, values, name)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 

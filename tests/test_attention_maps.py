@@ -102,3 +102,19 @@ def test_trained_models_come_back_from_the_store_with_their_accuracy(tmp_path, m
     assert again.trained_here and store.model_path(configs[1]).exists()
     final = again.record["final"]
     assert final["retrained_test_acc"] == pytest.approx(final["test_acc"], abs=1e-9)
+
+
+def test_every_layer_and_head_figure_fits_the_page_column():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+
+    from cmpt.attention_maps import plot_image_attention
+
+    layers, heads = 12, 6  # DINOv2 ViT-S/14: a row of 12 + 3 panels was 15 inches wide
+    patches = np.random.default_rng(0).random((layers, heads, 3, 3))
+    fig = plot_image_attention(np.zeros((42, 42), dtype=np.uint8), patches, patches[-1, 0], "t", columns=6)
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(shown) == 1 + 2 + heads + layers  # image, rollout, last layer, each head, each layer
+    assert fig.get_size_inches()[0] <= 7.5 and fig.axes[0].get_gridspec().ncols == 6
