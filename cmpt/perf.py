@@ -209,12 +209,15 @@ def _alternate(steps: Mapping[str, Callable[[], Any]], items: Mapping[str, int],
     """
     after, calls = dict(after or {}), dict(calls or {})
     first: dict[str, float] = {}
+
+    def too_slow(name: str) -> bool:  # against the fastest first call so far
+        return first[name] * bc.slow_cap < max(first.values())
+
     for name, step in steps.items():  # in order, so a step's base is timed before it
         base = after.get(name)
-        if base is None or first[base] * bc.slow_cap >= max(first.values()):
+        if base is None or not too_slow(base):
             first[name] = _rate(step, items[name], 1, device)
-    fastest = max(first.values())
-    slow = {name for name, rate in first.items() if rate * bc.slow_cap < fastest}
+    slow = {name for name in first if too_slow(name)}
     timed = {name: step for name, step in steps.items() if name in first and name not in slow}
     for step in timed.values():
         for _ in range(bc.warmup - 1):

@@ -32,10 +32,10 @@ def root() -> Path:
 
 @pytest.fixture(scope="session")
 def su2022_dir() -> Path:
-    folder = Path(os.environ.get(SU2022_ENV, "")) if os.environ.get(SU2022_ENV) else None
-    if folder is None or not folder.is_dir():
+    folder = os.environ.get(SU2022_ENV)
+    if not folder or not Path(folder).is_dir():
         pytest.skip(f"set {SU2022_ENV} to a folder of Su et al.'s original <task>.pt prompt files to compare with them")
-    return folder
+    return Path(folder)
 
 
 @pytest.fixture(scope="session")
