@@ -71,11 +71,11 @@ def _grid(args: argparse.Namespace, profile: Profile) -> tuple[list[str], list[s
     """The settings, targets and sources asked for, every name checked before any work starts."""
     from cmpt.data import IMAGE_TASKS, VTAB_TASKS
     from cmpt.experiments import bank_width, vision_width
-    from cmpt.run_config import SETTING_HPARAMS
-    from cmpt.transfer import accepts_width
+    from cmpt.settings import REGISTRY
+    from cmpt.settings import accepts_width
 
-    settings = args.settings or list(SETTING_HPARAMS)
-    check_names("setting", settings, SETTING_HPARAMS)
+    settings = args.settings or list(REGISTRY)
+    check_names("setting", settings, REGISTRY)
     targets = args.targets or list(profile.image_tasks)
     check_names("target task", targets, sorted(set(profile.image_tasks) | set(IMAGE_TASKS) | set(VTAB_TASKS)))
     sources = args.sources or list(profile.text_tasks)
@@ -101,7 +101,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from cmpt.results import ResultsStore
     from cmpt.run_config import setting_grid
     from cmpt.sweep import require_ray
-    from cmpt.transfer import SOURCE_SETTINGS
+    from cmpt.settings import SOURCE_SETTINGS
 
     profile = _profile_from(args)
     settings, targets, sources = _grid(args, profile)

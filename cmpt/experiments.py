@@ -26,11 +26,13 @@ from cmpt.model_files import ModelFileError, load_trained
 from cmpt.profiles import Profile
 from cmpt.prompts import Prompt, load_prompt, save_prompt
 from cmpt.results import ResultsStore, run_missing
+from cmpt.calibration import resolve_rates
 from cmpt.run_config import SourceConfig, TargetConfig, setting_configs
 from cmpt.runner import TargetRunner
 from cmpt.source_training import train_source_prompt
 from cmpt.sweep import target_sweep
-from cmpt.transfer import PromptedClassifier, accepts_width
+from cmpt.settings import accepts_width
+from cmpt.transfer import PromptedClassifier
 
 __all__ = ["SOURCE_BANKS", "TargetPrompts", "TrainedRun", "bank_width", "source_bank", "vision_width", "target_vpt_prompts", "trained_models",
            "usable_sources"]
@@ -124,6 +126,8 @@ def trained_models(profile: Profile, configs: Sequence[TargetConfig], prompts: M
     """
     store = ResultsStore.for_profile(profile)
     runner = runner or TargetRunner(profile, store, prompts)
+    configs = resolve_rates(profile, configs, store, run=lambda calibration: [store.run(c, runner) for c in calibration
+                                                                           if not store.has(c)])
     out = []
     for config in configs:
         path = store.model_path(config)

@@ -20,7 +20,8 @@ import torch
 from cmpt.atomic import write_atomic
 from cmpt.backbones.vision import PromptedViT
 from cmpt.errors import InputError, check_names
-from cmpt.transfer import SETTINGS, PromptedClassifier, PromptSource
+from cmpt.settings import REGISTRY, SETTINGS
+from cmpt.transfer import PromptedClassifier, PromptSource
 
 __all__ = ["PROMPT_KEYS", "ModelFileError", "SavedPrompt", "load_trained", "read_trained", "save_trained"]
 
@@ -28,7 +29,7 @@ __all__ = ["PROMPT_KEYS", "ModelFileError", "SavedPrompt", "load_trained", "read
 PROMPT_KEYS = ("prompt", "deep_prompts")
 HEAD_KEYS = ("head.weight", "head.bias")
 #: the prompt tensor each setting's source produces where it is not ``prompt`` (see cmpt.transfer)
-_SAVED_PROMPT: dict[str, str | None] = {"linear": None, "vpt_deep": "deep_prompts"}
+_SAVED_PROMPT: dict[str, str | None] = {name: s.saves for name, s in REGISTRY.items()}
 
 
 class ModelFileError(InputError):

@@ -361,7 +361,7 @@ def head_only(bc: BenchConfig, backbone: PromptedViT, device: torch.device) -> d
     extrapolated to ``head_epochs`` and to all runs (the fixed part — model set-up, the
     final test pass — counts once per run).
     """
-    from cmpt.run_config import SETTING_HPARAMS, TargetConfig
+    from cmpt.run_config import TargetConfig, recipe
     from cmpt.runner import run_target
     from cmpt.prompts import Prompt
 
@@ -370,7 +370,7 @@ def head_only(bc: BenchConfig, backbone: PromptedViT, device: torch.device) -> d
     prompts = {f"source{i}": Prompt(torch.randn(bc.prompt_length, backbone.width, generator=gen))
                for i in range(bc.sources)}
     plan = [("linear", None), ("random", None)] + [("frozen", s) for s in prompts]
-    configs = [TargetConfig.of(profile, setting, "bench", bc.seed, source=source, **SETTING_HPARAMS[setting])
+    configs = [TargetConfig.of(profile, setting, "bench", bc.seed, source=source, **recipe(profile, setting))
                for setting, source in plan]
     dev = str(device)
 
@@ -635,10 +635,10 @@ def memory_run(spec: Mapping[str, Any]) -> dict[str, Any]:
     """
     import resource
 
-    from cmpt.run_config import SETTING_HPARAMS
+    from cmpt.run_config import recipe
+    from cmpt.settings import make_prompt_source
     from cmpt.target_data import prepare_target
     from cmpt.train import fit
-    from cmpt.transfer import make_prompt_source
 
     if spec["threads"]:
         torch.set_num_threads(int(spec["threads"]))
@@ -657,7 +657,7 @@ def memory_run(spec: Mapping[str, Any]) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = PromptedClassifier(backbone, make_prompt_source(setting, backbone, profile.prompt_length, seed=seed),
                                data.task.num_classes)
-    hp = SETTING_HPARAMS[setting]
+    hp = recipe(profile, setting)
     train_cfg = TrainConfig(optimizer=hp["optimizer"], base_lr=hp["lr"], weight_decay=hp["weight_decay"],
                       batch_size=profile.batch_size, eval_batch_size=profile.batch_size, epochs=profile.target_epochs,
                       warmup_epochs=0, seed=seed, device=str(device))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmpt.errors import InputError
+from cmpt.settings import paper_search
 
 __all__ = ["Profile", "ProfileError", "PROFILES", "get_profile", "parse_value"]
 
@@ -77,10 +78,21 @@ class Profile:
     # train (800) chosen on val (200), then one final run per seed on train+val (1,000), tested once
     protocol: str = "val"
     # the "vtab" protocol's grids: (setting, optimizer, base learning rates, weight decays) per setting;
-    # a setting without an entry keeps its fixed recipe (cmpt.run_config.SETTING_HPARAMS)
+    # a setting without an entry keeps its recipe (cmpt.run_config.recipe)
     search: tuple[tuple[str, str, tuple[float, ...], tuple[float, ...]], ...] = ()
     # concentrated lengths l_s searched for attention transfer before its learning rate
     concentrated_grid: tuple[int, ...] = ()
+    # the recipe (cmpt.settings): the head's own base learning rate (0: it shares the body's, as in
+    # the papers' code), its initialisation ("zero": initial loss ln C; "default": torch's), the
+    # schedule's unit ("step" or "epoch"), the warm-up's share of the epochs, attention transfer's
+    # query initialisation ("unit_logits" or the original "randn"), and whether each setting's own
+    # rate is chosen on validation from its grid before the runs (cmpt.calibration)
+    head_lr: float = 0.0
+    head_init: str = "default"
+    schedule: str = "epoch"
+    warmup_fraction: float = 0.1
+    query_init: str = "randn"
+    calibrate: bool = False
     device: str = "auto"
     description: str = ""
 
@@ -112,6 +124,15 @@ class Profile:
                 raise ProfileError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.seeds:
             raise ProfileError("seeds must name at least one seed")
+        if self.head_init not in ("zero", "default"):
+            raise ProfileError(f"head_init must be 'zero' or 'default', got {self.head_init!r}")
+        if self.schedule not in ("step", "epoch"):
+            raise ProfileError(f"schedule must be 'step' or 'epoch', got {self.schedule!r}")
+        if self.query_init not in ("unit_logits", "randn"):
+            raise ProfileError(f"query_init must be 'unit_logits' or 'randn', got {self.query_init!r}")
+        if not 0 <= self.warmup_fraction < 1 or self.head_lr < 0:
+            raise ProfileError(f"warmup_fraction must be in [0, 1) and head_lr >= 0, got {self.warmup_fraction} "
+                               f"and {self.head_lr}")
         if self.source_bank not in ("trained", "su2022"):
             raise ProfileError(f"source_bank must be 'trained' or 'su2022', got {self.source_bank!r}")
         if self.protocol not in ("val", "vtab"):
@@ -182,10 +203,17 @@ SMOKE = Profile(
     source_epochs=6,
     source_lr=0.05,
     source_batch_size=32,
-    target_epochs=3,
-    head_epochs=5,
+    target_epochs=4,
+    head_epochs=4,
     batch_size=32,
     seeds=(42,),
+    selection="last",
+    head_lr=0.4,
+    head_init="zero",
+    schedule="step",
+    warmup_fraction=0.25,
+    query_init="unit_logits",
+    calibrate=True,
     description="tiny random backbones and generated data; seconds per chapter, for tests",
 )
 
@@ -213,30 +241,27 @@ DEFAULT = Profile(
     source_epochs=8,
     source_lr=1e-2,  # Su et al. use 1e-3 over 64-1280 epochs; we have 8
     source_batch_size=32,
-    target_epochs=10,
-    head_epochs=60,  # cheap on cached features; 80 images are only 3 steps an epoch
+    # every setting trains 20 epochs (60 steps of 32 images) on the same schedule from a zero head
+    # whose rate is shared; each setting's own rate is chosen on validation (cmpt.calibration)
+    target_epochs=20,
+    head_epochs=20,
     batch_size=32,
     seeds=(42, 44, 100),
+    selection="last",  # 40 validation images choose the rate, not the epoch (cmpt.calibration)
+    head_lr=0.05,
+    head_init="zero",
+    schedule="step",
+    warmup_fraction=0.2,
+    query_init="unit_logits",
+    calibrate=True,
     description="small pretrained backbones and real data from registry packages; CPU, no hub",
 )
 
-#: the paper's grids (base learning rates, scaled by batch/256 as in VPT's code). VPT's SGD grid
-#: also serves the settings that train like it (deep VPT) and the head-only ones (VPT searched the
-#: linear probe per task); projection transfer has one point (Adam, 0.005 at batch 64); attention
-#: transfer searches l_s first (``concentrated_grid``), then its Adam grid.
-_VPT_LRS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_DECAYS = (0.0, 1e-4, 1e-3, 1e-2)
-PAPER_SEARCH = (
-    ("linear", "sgd", _VPT_LRS, _DECAYS),
-    ("frozen", "sgd", _VPT_LRS, _DECAYS),
-    ("random", "sgd", _VPT_LRS, _DECAYS),
-    ("random_xavier", "sgd", _VPT_LRS, _DECAYS),
-    ("vpt", "sgd", _VPT_LRS, _DECAYS),
-    ("vpt_deep", "sgd", _VPT_LRS, _DECAYS),
-    ("spt", "sgd", _VPT_LRS, _DECAYS),
-    ("projection", "adam", (0.02,), (1e-3,)),
-    ("attention", "adam", (1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0005), _DECAYS),
-)
+#: the paper's grids (base learning rates, scaled by batch/256 as in VPT's code), from the setting
+#: registry: VPT's SGD grid for VPT and the settings that train like it (and the head-only ones: VPT
+#: searched the linear probe per task); projection transfer has one point (Adam, 0.005 at batch 64);
+#: attention transfer searches l_s first (``concentrated_grid``), then its Adam grid.
+PAPER_SEARCH = paper_search()
 
 PAPER = Profile(
     name="paper",

@@ -10,8 +10,8 @@
     VTAB-1k's protocol. Per setting, target, source and training subset, a grid search at the
     profile's first seed trains on train800 and selects on val200 (hyper-parameters and epoch
     count: the best validation accuracy over the grid, earliest grid point on ties); then one
-    *final* run per seed trains on train800val200 at the chosen values for the chosen number of
-    epochs and is tested once. Attention transfer searches its concentrated length l_s first
+    *final* run per seed trains on train800val200 at the chosen values, on the searched schedule
+    stopped at the chosen epoch, and is tested once. Attention transfer searches its concentrated length l_s first
     (``Profile.concentrated_grid``, at the setting's fixed recipe), then its learning rate and
     weight decay at that l_s.
 
@@ -105,8 +105,15 @@ def _best(store: ResultsStore, points: Sequence[TargetConfig]) -> tuple[TargetCo
 
 
 def final_config(chosen: TargetConfig, epochs: int, seed: int) -> TargetConfig:
-    """The final run at the chosen values: train+val, ``epochs`` epochs, the last one counts."""
-    return chosen.replace(seed=seed, stage="final", train_split="trainval", selection="last", epochs=max(1, epochs))
+    """The final run at the chosen values: train+val on the searched schedule, stopped after ``epochs``.
+
+    The schedule (warm-up and cosine over the search run's ``chosen.epochs``) is the one the
+    search chose from; the run stops at the chosen epoch and that epoch counts. A chosen epoch
+    equal to the schedule's length runs it whole.
+    """
+    stop = min(max(1, epochs), chosen.epochs)
+    return chosen.replace(seed=seed, stage="final", train_split="trainval", selection="last",
+                          stop_epoch=stop if stop < chosen.epochs else None)
 
 
 def run_protocol(profile: Profile, configs: Iterable[TargetConfig], prompts: Mapping[str, Prompt] | None = None,

@@ -17,25 +17,11 @@ from typing import Any, ClassVar
 
 from cmpt.errors import InputError, check_names
 from cmpt.profiles import Profile
-from cmpt.transfer import HEAD_ONLY, SETTINGS, SOURCE_SETTINGS
+from cmpt.settings import HEAD_ONLY, REGISTRY, SETTINGS, SOURCE_SETTINGS, get_setting
 
-__all__ = ["SETTING_HPARAMS", "STAGES", "SUBSET_KINDS", "SourceConfig", "TargetConfig", "check_subset",
-           "default_concentrated", "setting_configs", "setting_grid"]
+__all__ = ["STAGES", "SUBSET_KINDS", "SourceConfig", "TargetConfig", "check_subset", "default_concentrated",
+           "recipe", "setting_configs", "setting_grid", "warmup_for"]
 
-#: optimiser, base learning rate (scaled by batch/256) and weight decay per setting when no search
-#: chooses them. Head-only settings train a linear head on LayerNorm-ed features and take a larger
-#: rate; projection transfer uses the paper's Adam with wd 1e-3 (lr 0.005 at batch 64 after scaling).
-SETTING_HPARAMS: dict[str, dict[str, Any]] = {
-    "linear": {"optimizer": "adam", "lr": 0.4, "weight_decay": 0.0},
-    "frozen": {"optimizer": "adam", "lr": 0.4, "weight_decay": 0.0},
-    "random": {"optimizer": "adam", "lr": 0.4, "weight_decay": 0.0},
-    "random_xavier": {"optimizer": "adam", "lr": 0.4, "weight_decay": 0.0},
-    "vpt": {"optimizer": "adam", "lr": 0.1, "weight_decay": 0.0},
-    "vpt_deep": {"optimizer": "adam", "lr": 0.1, "weight_decay": 0.0},
-    "spt": {"optimizer": "adam", "lr": 0.1, "weight_decay": 0.0},  # tuned like VPT
-    "projection": {"optimizer": "adam", "lr": 0.02, "weight_decay": 0.001},
-    "attention": {"optimizer": "adam", "lr": 0.02, "weight_decay": 0.0},
-}
 #: protocol stages: ``None`` is one run per seed (train split, epoch chosen by ``selection``);
 #: ``search`` a grid point (train800, chosen on val200); ``final`` the run at the chosen values
 STAGES = (None, "search", "final")
@@ -99,7 +85,7 @@ class TargetConfig:
     epochs: int
     batch_size: int
     optimizer: str
-    lr: float
+    lr: float | None  # base learning rate of the trained parameters; None: chosen on validation from ``rates``
     weight_decay: float
     concentrated: int | None = None
     scaled: bool = False
@@ -112,10 +98,22 @@ class TargetConfig:
     stage: str | None = None
     #: the split the run trains on: None (train) or "trainval" (train + val, for final runs)
     train_split: str | None = None
+    #: the recipe (None: the papers' code, as records before these fields): the head's own base
+    #: learning rate, its initialisation ("zero" / "default"), the schedule's unit ("step" /
+    #: "epoch"), warm-up epochs, attention's query initialisation, the grid ``lr`` was chosen from
+    #: on validation (:mod:`cmpt.calibration`) and the epoch a final run stops at
+    head_lr: float | None = None
+    head_init: str | None = None
+    schedule: str | None = None
+    warmup: int | None = None
+    query_init: str | None = None
+    rates: tuple[float, ...] | None = None
+    stop_epoch: int | None = None
 
     kind: ClassVar[str] = "target"
     #: fields left out of :meth:`as_config` while they are None (they came after the first records)
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("train_subset", "source_bank", "stage", "train_split")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("train_subset", "source_bank", "stage", "train_split", "head_lr",
+                                           "head_init", "schedule", "warmup", "query_init", "rates", "stop_epoch")
 
     def __post_init__(self) -> None:
         check_names("setting", self.setting, SETTINGS)
@@ -128,14 +126,22 @@ class TargetConfig:
             raise InputError(f"train_split must be None (train) or 'trainval', got {self.train_split!r}")
         if self.train_subset is not None:
             object.__setattr__(self, "train_subset", check_subset(self.train_subset))
+        if self.rates is not None:
+            object.__setattr__(self, "rates", tuple(float(r) for r in self.rates))
+        if self.lr is None and not self.rates:
+            raise InputError(f"a {self.setting!r} config without a learning rate needs the grid (rates) to choose it from")
 
     @classmethod
     def of(cls, profile: Profile, setting: str, target: str, seed: int, source: str | None = None,
            lr: float = 0.005, weight_decay: float = 0.0, epochs: int | None = None,
            concentrated: int | None = None, optimizer: str = "adam", scaled: bool = False,
            train_subset: Mapping[str, Any] | None = None, stage: str | None = None,
-           train_split: str | None = None, selection: str | None = None) -> "TargetConfig":
-        """The run of ``setting`` on ``target`` at ``profile``'s sizes, with these hyper-parameters."""
+           train_split: str | None = None, selection: str | None = None, **more: Any) -> "TargetConfig":
+        """The run of ``setting`` on ``target`` at ``profile``'s sizes, with these hyper-parameters.
+
+        ``more``: the recipe fields (``head_lr``, ``head_init``, ``schedule``, ``warmup``,
+        ``query_init``, ``rates``, ``stop_epoch``), as :func:`recipe` gives them.
+        """
         trained_bank = profile.source_bank == "trained"
         return cls(setting=setting, target=target, seed=seed, source=source,
                    vision_backbone=profile.vision_backbone,
@@ -148,7 +154,7 @@ class TargetConfig:
                    source_epochs=profile.source_epochs if source and trained_bank else None,
                    train_subset=train_subset,
                    source_bank=None if not source or trained_bank else profile.source_bank,
-                   stage=stage, train_split=train_split)
+                   stage=stage, train_split=train_split, **more)
 
     def replace(self, **changes: Any) -> "TargetConfig":
         return dataclasses.replace(self, **changes)
@@ -159,7 +165,7 @@ class TargetConfig:
             value = getattr(self, f.name)
             if value is None and f.name in self.OPTIONAL:
                 continue
-            out[f.name] = dict(value) if isinstance(value, Mapping) else value
+            out[f.name] = dict(value) if isinstance(value, Mapping) else list(value) if f.name == "rates" else value
         return out
 
     @property
@@ -172,12 +178,44 @@ def default_concentrated(profile: Profile) -> int:
     return max(1, profile.prompt_length // 2)
 
 
+def warmup_for(profile: Profile, epochs: int) -> int | None:
+    """Warm-up epochs of an ``epochs``-long run at ``profile`` (None: the papers' tenth, left out of the config)."""
+    return None if profile.warmup_fraction == 0.1 else max(1, round(epochs * profile.warmup_fraction))
+
+
+def recipe(profile: Profile, setting: str) -> dict[str, Any]:
+    """The training recipe of ``setting`` at ``profile`` (see :mod:`cmpt.settings`), as config fields.
+
+    With ``profile.calibrate`` every setting gets ``lr=None`` and its grid in ``rates``: the rate
+    is chosen on validation before the runs (:mod:`cmpt.calibration`). Without it (the paper
+    profile, whose protocol searches) ``lr`` is a fixed rate. A setting that trains more than its
+    head trains the head at ``profile.head_lr`` (where that is set).
+    """
+    record = get_setting(setting)
+    epochs = profile.target_epochs if not record.head_only else profile.head_epochs
+    out: dict[str, Any] = {"optimizer": "adam", "weight_decay": record.weight_decay}
+    if profile.head_lr > 0 and not record.head_only:  # 0: the head shares the body's rate (the papers' code)
+        out["head_lr"] = profile.head_lr
+    if profile.calibrate:
+        out.update(lr=None, rates=tuple(record.rates))
+    else:  # the paper profile: its protocol searches; this is the rate of a setting it does not search
+        out["lr"] = 0.4 if record.head_only else record.rates[0]
+    if profile.head_init != "default":
+        out["head_init"] = profile.head_init
+    if profile.schedule != "epoch":
+        out["schedule"] = profile.schedule
+    if warmup_for(profile, epochs) is not None:
+        out["warmup"] = warmup_for(profile, epochs)
+    if setting == "attention" and profile.query_init != "randn":
+        out["query_init"] = profile.query_init
+    return out
+
+
 def setting_configs(profile: Profile, setting: str, targets: Sequence[str],
                     sources: Sequence[str | None] = (None,), seeds: Sequence[int] | None = None,
                     **extra: Any) -> list[TargetConfig]:
-    """Configs for ``setting`` over targets x sources x seeds, with :data:`SETTING_HPARAMS` unless overridden."""
-    check_names("setting", setting, SETTING_HPARAMS)
-    hp = {**SETTING_HPARAMS[setting], **extra}
+    """Configs for ``setting`` over targets x sources x seeds, at its :func:`recipe` unless overridden."""
+    hp = {**recipe(profile, setting), **extra}
     return [TargetConfig.of(profile, setting, target, seed, source=source, **hp)
             for target in targets for source in sources for seed in (seeds or profile.seeds)]
 
@@ -188,7 +226,7 @@ def setting_grid(profile: Profile, settings: Sequence[str] | None = None, target
 
     Defaults: every setting with a recipe, the profile's image tasks, its source tasks and seeds.
     """
-    settings = list(settings or SETTING_HPARAMS)
+    settings = list(settings or REGISTRY)
     targets = list(targets or profile.image_tasks)
     sources = list(sources or profile.text_tasks)
     return [c for s in settings

@@ -23,10 +23,10 @@ from cmpt.profiles import Profile
 from cmpt.prompts import Prompt
 from cmpt.results import ResultsStore
 from cmpt.run_config import TargetConfig, check_subset
-from cmpt.spt import SelfPrompt
+from cmpt.settings import get_setting, make_prompt_source
 from cmpt.target_data import TargetData, prepare_target
 from cmpt.train import TrainConfig, fit, resolve_device
-from cmpt.transfer import PromptedClassifier, make_prompt_source
+from cmpt.transfer import AttentionPrompt, PromptedClassifier
 
 __all__ = ["TargetRunner", "build_classifier", "reference_norm", "run_target", "subset_indices", "train_config"]
 
@@ -44,31 +44,39 @@ def subset_indices(task: ImageTask, spec: Mapping[str, Any], sizes: tuple[int, .
 
 
 def train_config(config: TargetConfig, device: str = "auto") -> TrainConfig:
-    """The training-loop settings of a run (warm-up: a tenth of the epochs, at least one)."""
+    """The training-loop settings of a run (warm-up: ``config.warmup``, else a tenth of the epochs, at least one).
+
+    A run whose selection is ``"last"`` is validated once, after its last epoch (the value a
+    calibration grid chooses on), not every epoch.
+    """
+    if config.lr is None:
+        raise InputError(f"the {config.setting!r} run on {config.target!r} has no learning rate yet: it is chosen "
+                         "on validation first (cmpt.calibration.resolve_rates; cmpt's sweeps do this)")
+    warmup = config.warmup if config.warmup is not None else max(1, config.epochs // 10)
     return TrainConfig(optimizer=config.optimizer, base_lr=config.lr, weight_decay=config.weight_decay,
-                       batch_size=config.batch_size, epochs=config.epochs,
-                       warmup_epochs=max(1, config.epochs // 10), seed=config.seed,
-                       selection=config.selection, device=device)
+                       batch_size=config.batch_size, epochs=config.epochs, warmup_epochs=warmup, seed=config.seed,
+                       selection=config.selection, device=device, head_lr=config.head_lr,
+                       schedule=config.schedule or "epoch", stop_epoch=config.stop_epoch,
+                       eval_every=config.epochs if config.selection == "last" else 1)
 
 
 def build_classifier(config: TargetConfig, backbone: PromptedViT, num_classes: int, source_prompt: Prompt | None,
-                     reference_norm: float = 1.0, train_tokens: torch.Tensor | None = None) -> PromptedClassifier:
+                     reference_norm: float = 1.0, train_tokens: torch.Tensor | None = None,
+                     train_patches: torch.Tensor | None = None) -> PromptedClassifier:
     """The untrained model of ``config`` (seeded by its seed, so frozen parts are reproducible).
 
-    ``spt`` starts from k-means prototypes of ``train_tokens`` (embedding-layer tokens of the
-    images the run trains on, CLS first; only their patch tokens are used).
+    SPT starts from the images the run trains on: ``train_patches`` (their patch-projection
+    tokens, before the position embedding) for ``spt``, ``train_tokens`` (embedding-layer tokens,
+    CLS first) for ``spt_kmeans``.
     """
     torch.manual_seed(config.seed)
-    if config.setting == "spt":
-        if train_tokens is None:
-            raise InputError("setting 'spt' needs the target's training tokens")
-        prompt = SelfPrompt.from_tokens(train_tokens[:, 1:], config.length, "kmeans", seed=config.seed)
-        return PromptedClassifier(backbone, prompt, num_classes)
     prompt_source = make_prompt_source(config.setting, backbone, config.length,
                                        source_prompt=None if source_prompt is None else source_prompt.tensor,
                                        concentrated=config.concentrated, scaled=config.scaled,
-                                       reference_norm=reference_norm, seed=config.seed)
-    return PromptedClassifier(backbone, prompt_source, num_classes)
+                                       reference_norm=reference_norm, seed=config.seed,
+                                       query_init=config.query_init or "randn", train_tokens=train_tokens,
+                                       train_patches=train_patches)
+    return PromptedClassifier(backbone, prompt_source, num_classes, head_init=config.head_init or "default")
 
 
 def run_target(config: TargetConfig, backbone: PromptedViT, data: TargetData, source_prompt: Prompt | None,
@@ -89,13 +97,18 @@ def run_target(config: TargetConfig, backbone: PromptedViT, data: TargetData, so
         keep = np.flatnonzero(np.isin(data.task.indices("train"), chosen))
     train_name = "trainval" if config.train_split == "trainval" else "train"
     train_cfg = train_config(config, device)
-    train_tokens = None
+    train_tokens = train_patches = None
     if config.setting == "spt":  # the prompt sees exactly the images the run trains on
+        train_patches = data.patch_embeddings(train_name, keep)
+    elif get_setting(config.setting).needs_train_tokens:
         split = data.split(train_name, keep)
         if not isinstance(split, tuple):
-            raise InputError(f"spt needs the training tokens of {data.task.name!r} in memory; raise the cache budget")
+            raise InputError(f"{config.setting} needs the training tokens of {data.task.name!r} in memory; "
+                             "raise the cache budget")
         train_tokens = split[0]
-    model = build_classifier(config, backbone, data.task.num_classes, source_prompt, reference_norm, train_tokens)
+    model = build_classifier(config, backbone, data.task.num_classes, source_prompt, reference_norm, train_tokens,
+                             train_patches)
+    start_entropy = model.prompt_source.entropy() if isinstance(model.prompt_source, AttentionPrompt) else None
     kwargs = {"keep": keep, "seed": config.seed, "batch_size": config.batch_size,
               "names": (train_name, "val", "test"), "eval_batch_size": train_cfg.eval_batch_size}
     if cache_features and config.head_only:
@@ -104,7 +117,7 @@ def run_target(config: TargetConfig, backbone: PromptedViT, data: TargetData, so
     else:
         splits = data.splits(**kwargs)
         trained = model
-    if config.train_split == "trainval" or config.selection == "last":  # val is training data, or unused
+    if config.train_split == "trainval":  # val is training data
         splits[1] = None  # type: ignore[call-overload]
     if config.stage == "search":  # a grid point is chosen on val: it never sees the test split
         splits[2] = None  # type: ignore[call-overload]
@@ -112,8 +125,13 @@ def run_target(config: TargetConfig, backbone: PromptedViT, data: TargetData, so
     record = result.to_record()
     if keep is not None:
         record["final"]["n_train"] = len(keep)
-    if config.setting == "attention":
-        record["final"]["query_attention"] = model.prompt_source.attention().detach().cpu().tolist()  # type: ignore[operator]
+    if isinstance(model.prompt_source, AttentionPrompt):
+        record["final"]["query_attention"] = model.prompt_source.attention().detach().cpu().tolist()
+        record["final"]["attention_entropy"] = {"start": start_entropy, "end": model.prompt_source.entropy()}
+    if config.rates:
+        record["final"]["rate_choice"] = {"grid": list(config.rates), "chosen": config.lr,
+                                          "how": "best mean last-epoch validation accuracy at the first seed "
+                                                 "(cmpt.calibration)"}
     return (record, model) if return_model else record
 
 

@@ -10,12 +10,11 @@ The protocol (CoOp's, adapted; the CMPT paper does not publish its counts):
   initialisation, so seed bands show both sources of variance;
 - a subset as large as the whole train split is not run: the full-data run stands for it
   (it is the run the earlier chapters stored, same config, reused);
-- a subset run sees no validation split and reports its **last** epoch: a k-shot budget has
-  no room for the 4-per-class validation split (it would hold more labelled images than the
-  training set), and the validation passes would cost more than the training; full-data runs
-  keep the profile's selection (on validation). Test is the whole test split; the recipe
-  (epochs, batch, learning rate) is the same at every size, so smaller sets get fewer optimiser
-  steps;
+- a subset run reports its **last** epoch: a k-shot budget has no room for model selection
+  on a validation split (it would hold more labelled images than the training set). Test is the
+  whole test split; the recipe (batch, learning rates, schedule) is the full-data run's, and so
+  is the number of **optimiser steps** (:func:`equal_step_epochs`): a smaller set trains more
+  epochs, so a comparison across sizes is about data, not about optimisation;
 - transfer settings take one source per target, chosen from full-data projection transfer
   by validation accuracy (``choice="val"``) and, labelled as an oracle, by test accuracy
   (``choice="oracle"``, the paper's ground-truth transferability).
@@ -33,15 +32,17 @@ import pandas as pd
 from cmpt.analysis import GROUP_ORDER, group_of
 from cmpt.data import IMAGE_TASKS, VTAB_TASKS, load_image_task
 from cmpt.results import ResultsStore, config_hash
-from cmpt.run_config import TargetConfig, default_concentrated, setting_configs
+from cmpt.run_config import TargetConfig, default_concentrated, setting_configs, warmup_for
+from cmpt.calibration import resolve_rates
 from cmpt.runner import subset_indices
+from cmpt.settings import SOURCE_SETTINGS
 from cmpt.sweep import target_sweep
 from cmpt.profiles import Profile
 
-__all__ = ["CHOICES", "TRANSFER_SETTINGS", "choose_sources", "crossing_sentence", "crossings", "curves",
+__all__ = ["CHOICES", "TRANSFER_SETTINGS", "choose_sources", "equal_step_epochs", "crossing_sentence", "crossings", "curves",
            "default_targets", "gain_over", "group_curves", "plan_runs", "run_scarcity", "subset_plan"]
 
-TRANSFER_SETTINGS = ("frozen", "projection", "attention")
+TRANSFER_SETTINGS = SOURCE_SETTINGS
 CHOICES = {"none": "no source", "val": "source chosen on validation",
            "oracle": "source chosen on test (ground truth; an oracle)"}
 _KEYS = ["target", "regime", "k", "fraction", "label", "n_train"]
@@ -148,6 +149,14 @@ def choose_sources(projection: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("target")
 
 
+def equal_step_epochs(profile: Profile, n_train: int, setting: str) -> int:
+    """Epochs at which ``n_train`` images take as many optimiser steps as the full training set does."""
+    full = TargetConfig.of(profile, setting, profile.image_tasks[0], profile.seeds[0], source="_" if setting in
+                           SOURCE_SETTINGS else None).epochs
+    per_epoch = lambda n: max(1, math.ceil(n / profile.batch_size))  # noqa: E731
+    return max(1, math.ceil(full * per_epoch(profile.n_train) / per_epoch(int(n_train))))
+
+
 def plan_runs(profile: Profile, plan: pd.DataFrame, settings: Sequence[str], sources: pd.DataFrame | None = None,
               concentrated: int | None = None, scaled: bool = False,
               choices: Sequence[str] = ("val", "oracle")) -> list[tuple[dict[str, Any], TargetConfig]]:
@@ -163,8 +172,9 @@ def plan_runs(profile: Profile, plan: pd.DataFrame, settings: Sequence[str], sou
         meta = {key: row[key] for key in ("target", "group", "regime", "k", "fraction", "label", "n_train", "seed")}
         for setting in settings:
             extra: dict[str, Any] = {"train_subset": row.spec}
-            if row.spec is not None:  # a subset run: no validation split, the last epoch counts
-                extra["selection"] = "last"
+            if row.spec is not None:  # a subset run: the last epoch counts, after as many steps as full data
+                epochs = equal_step_epochs(profile, int(row.n_train), setting)
+                extra.update(selection="last", epochs=epochs, warmup=warmup_for(profile, epochs))
             if setting == "attention":
                 extra.update(concentrated=concentrated or default_concentrated(profile), scaled=scaled)
             if setting in TRANSFER_SETTINGS:
@@ -189,8 +199,9 @@ def run_scarcity(profile: Profile, runs: Sequence[tuple[dict[str, Any], TargetCo
     unique = list({config_hash(c): c for _, c in runs}.values())
     target_sweep(profile, unique, prompts=dict(prompts or {}), desc=desc)
     store = ResultsStore.for_profile(profile)
+    resolved = resolve_rates(profile, [c for _, c in runs], store)
     rows = []
-    for meta, config in runs:
+    for (meta, _), config in zip(runs, resolved):
         final = store.get(config)["final"]
         rows.append({**meta, "test_acc": final["test_acc"], "val_acc": final["val_acc"], "hash": config_hash(config)})
     return pd.DataFrame(rows)

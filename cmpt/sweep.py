@@ -61,6 +61,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cmpt.errors import CmptError, InputError
+from cmpt.calibration import resolve_rates
 from cmpt.profiles import Profile
 from cmpt.prompts import Prompt, load_prompt, save_prompt
 from cmpt.results import ResultsStore, RunConfig, config_hash, run_missing
@@ -313,11 +314,17 @@ def target_sweep(profile: Profile, configs: Iterable[TargetConfig], prompts: Map
     ``executor`` is ``"local"`` (in this process) or ``"ray"`` (one Ray task per run);
     ``options`` (``retries``, ``on_error``, ``address``, ``num_cpus``, ``num_gpus``) go to
     :func:`run_sweep`. ``store`` defaults to the profile's (:meth:`ResultsStore.for_profile`).
-    The table's ``attrs["sweep"]`` counts what ran.
+    Configs whose rate is still to be chosen get it first (:func:`cmpt.calibration.resolve_rates`:
+    the calibration runs go through the same executor). The table's ``attrs["sweep"]`` counts what ran.
     """
     store = store or ResultsStore.for_profile(profile)
     if executor == "local":
         fn: Any = TargetRunner(profile, store, prompts, save_models=save_models)
     else:
         fn = target_job(profile, store, prompts or {}, save_models=save_models)
+
+    def calibrate(calibration: list[TargetConfig]) -> None:
+        run_sweep(store, calibration, fn, executor=executor, desc=f"{desc}: choosing rates", **options)
+
+    configs = resolve_rates(profile, configs, store, run=calibrate)
     return run_sweep(store, configs, fn, executor=executor, desc=desc, **options)

@@ -191,6 +191,15 @@ class TargetData:
         images = self._images(name, batch_size or EVAL_BATCH_SIZE, positions, shuffle_seed)
         return token_stream(self._backbone(), images, self.device)
 
+    @torch.no_grad()
+    def patch_embeddings(self, name: str, keep: Keep = None) -> Tensor:
+        """Patch-projection tokens ``[N, P, D]`` (no CLS, no position embedding; CPU fp32) of a split."""
+        backbone = self._backbone()
+        device = next(backbone.parameters()).device
+        chunks = [backbone.patch_embeddings(images.to(device)).to("cpu", torch.float32)
+                  for images, _ in self._images(name, EMBED_BATCH_SIZE, _positions(keep))]
+        return torch.cat(chunks)
+
     def splits(self, keep: Keep = None, seed: int = 0, batch_size: int = 64, names: Sequence[str] = HEAD_SPLITS,
                eval_batch_size: int = EVAL_BATCH_SIZE) -> list[Data]:
         """``fit``'s splits for a model on tokens: the first of ``names`` trains (subset ``keep``, shuffled by ``seed``).

@@ -90,6 +90,16 @@ class TrainConfig:
     momentum: float = 0.9  # SGD only
     eval_batch_size: int = 256
     precision: str = "auto"  # "auto" (fp32 on CPU, bf16/fp16 autocast on CUDA), "fp32", "bf16" or "fp16"
+    #: base learning rate of the head's parameters (names starting ``head_prefix``), scaled like
+    #: ``base_lr``; None: the head shares ``base_lr`` (VPT's and CMPT's code)
+    head_lr: float | None = None
+    head_prefix: str = "head."
+    #: "epoch": warm-up and cosine stepped once per epoch (the papers' code); "step": the same
+    #: curve evaluated at every optimiser step, so a run of few steps per epoch warms up smoothly
+    schedule: str = "epoch"
+    #: stop after this epoch of the ``epochs``-long schedule (a final run that follows the
+    #: schedule its search chose, cut at the chosen epoch); None: run every epoch
+    stop_epoch: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "sgd"):
@@ -103,11 +113,28 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.warmup_epochs < 0 or self.base_lr <= 0 or self.weight_decay < 0:
             raise ValueError("warmup_epochs and weight_decay must be >= 0 and base_lr > 0")
+        if self.head_lr is not None and self.head_lr <= 0:
+            raise ValueError(f"head_lr must be positive (or None: the same as base_lr), got {self.head_lr}")
+        if self.schedule not in ("epoch", "step"):
+            raise ValueError(f"schedule must be 'epoch' or 'step', got {self.schedule!r}")
+        if self.stop_epoch is not None and not 1 <= self.stop_epoch <= self.epochs:
+            raise ValueError(f"stop_epoch must be in 1..epochs ({self.epochs}), got {self.stop_epoch}")
 
     @property
     def lr(self) -> float:
         """The peak learning rate actually used."""
         return self.base_lr * self.batch_size / 256 if self.scale_lr else self.base_lr
+
+    @property
+    def head_rate(self) -> float:
+        """The head's peak learning rate actually used."""
+        base = self.base_lr if self.head_lr is None else self.head_lr
+        return base * self.batch_size / 256 if self.scale_lr else base
+
+    @property
+    def trained_epochs(self) -> int:
+        """Epochs that run: ``stop_epoch`` where set, else ``epochs``."""
+        return self.stop_epoch or self.epochs
 
     @property
     def warmup(self) -> int:
@@ -166,24 +193,32 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextli
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
-def param_groups(named_params: Iterable[tuple[str, Tensor]], weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(named_params: Iterable[tuple[str, Tensor]], weight_decay: float, lr: float | None = None,
+                 head_lr: float | None = None, head_prefix: str = "head.") -> list[dict[str, Any]]:
     """Optimizer groups: weight decay on matrices (and prompts), none on biases and 1-D params (norms).
 
-    Frozen parameters are left out. Each group carries the parameter ``names`` for inspection.
+    With ``head_lr`` the parameters whose names start with ``head_prefix`` form their own groups
+    at that rate (the others at ``lr``). Frozen parameters are left out. Each group carries the
+    parameter ``names`` and its ``role`` ("head" or "body") for inspection.
     """
-    decay: dict[str, list] = {"params": [], "names": [], "weight_decay": weight_decay}
-    no_decay: dict[str, list] = {"params": [], "names": [], "weight_decay": 0.0}
+    groups: dict[tuple[str, bool], dict[str, Any]] = {}
     for name, param in named_params:
         if not param.requires_grad:
             continue
-        group = no_decay if param.ndim <= 1 or name.endswith("bias") else decay
+        role = "head" if head_lr is not None and name.startswith(head_prefix) else "body"
+        decays = not (param.ndim <= 1 or name.endswith("bias"))
+        group = groups.setdefault((role, decays), {"params": [], "names": [], "role": role,
+                                                   "weight_decay": weight_decay if decays else 0.0})
+        if lr is not None:
+            group["lr"] = head_lr if role == "head" else lr
         group["params"].append(param)
         group["names"].append(name)
-    return [g for g in (decay, no_decay) if g["params"]]
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0] != "body", not k[1]))]
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model.named_parameters(), cfg.weight_decay)
+    head_lr = cfg.head_rate if cfg.head_lr is not None else None
+    groups = param_groups(model.named_parameters(), cfg.weight_decay, cfg.lr, head_lr, cfg.head_prefix)
     if not groups:
         raise ValueError("the model has no parameter with requires_grad: nothing to train")
     if cfg.optimizer == "sgd":
@@ -191,23 +226,36 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, lr=cfg.lr)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-epoch schedule: factor ``(e+1)/warmup`` for epochs ``e < warmup``, then cosine.
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int,
+                  steps_per_epoch: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Schedule: linear warm-up over ``warmup`` epochs, then cosine towards 0 at epoch ``total``.
 
-    The cosine runs over epochs ``warmup .. total-1`` from 1 towards 0 (it would reach 0 at
-    epoch ``total``). Unlike the VPT code's schedule, no epoch trains with lr 0. Call
-    ``step()`` once after each epoch.
+    With ``steps_per_epoch == 1`` it is the per-epoch schedule of the papers' code (factor
+    ``(e+1)/warmup`` for epochs ``e < warmup``; unlike the VPT code's, no epoch trains at lr 0):
+    call ``step()`` once after each epoch. With ``steps_per_epoch = S > 1`` the same curve is
+    evaluated at every optimiser step (``e = step / S``): call ``step()`` after each step.
     """
     if not 0 <= warmup < total:
         raise ValueError(f"need 0 <= warmup < total, got warmup={warmup}, total={total}")
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
+    start = 1.0 / steps_per_epoch  # the first step already trains, like the first epoch
 
-    def factor(epoch: int) -> float:
+    def factor(step: int) -> float:
+        epoch = step / steps_per_epoch
         if epoch < warmup:
-            return (epoch + 1) / warmup
+            return (epoch + start) / warmup
         progress = (epoch - warmup) / (total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def steps_per_epoch(data: Data, batch_size: int) -> int:
+    """Optimiser steps one epoch of ``data`` takes."""
+    if isinstance(data, DataLoader):
+        return max(1, len(data))
+    return max(1, math.ceil(len(data[1]) / batch_size))
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -338,6 +386,15 @@ def _restore(model: nn.Module, state: dict[str, Tensor]) -> None:
         params[name].copy_(value)
 
 
+def _lr_groups(optimizer: torch.optim.Optimizer) -> dict[str, dict[str, Any]]:
+    """role -> {"peak_lr", "names"}: what each learning-rate group trained, for the record."""
+    out: dict[str, dict[str, Any]] = {}
+    for group in optimizer.param_groups:
+        entry = out.setdefault(group.get("role", "body"), {"peak_lr": group["initial_lr"], "names": []})
+        entry["names"] += list(group.get("names", []))
+    return out
+
+
 def fit(model: nn.Module, train: Data, val: Data | None, test: Data | None, cfg: TrainConfig,
         forward: Forward | None = None) -> FitResult:
     """Train the parameters of ``model`` that have ``requires_grad``; see the module doc.
@@ -361,7 +418,8 @@ def fit(model: nn.Module, train: Data, val: Data | None, test: Data | None, cfg:
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = make_optimizer(model, cfg)
-    scheduler = warmup_cosine(optimizer, cfg.warmup, cfg.epochs)
+    per_step = steps_per_epoch(train, cfg.batch_size) if cfg.schedule == "step" else 1
+    scheduler = warmup_cosine(optimizer, cfg.warmup, cfg.epochs, per_step)
     n_trainable = sum(p.numel() for p in _trainable(model).values())
     dtype = resolve_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
@@ -370,26 +428,36 @@ def fit(model: nn.Module, train: Data, val: Data | None, test: Data | None, cfg:
         return evaluate(model, data, cfg.eval_batch_size, forward, device, dtype, per_example)
 
     history: list[dict[str, Any]] = []
+    initial_loss: float | None = None  # the first batch's loss, before any step
     best: dict[str, Any] | None = None  # {"score", "row", "state", "test"} of the selected epoch so far
-    bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", leave=False, disable=None)
+    last = cfg.trained_epochs
+    bar = tqdm(range(1, last + 1), desc="epochs", leave=False, disable=None)
     for epoch in bar:
         model.train()
         lr = optimizer.param_groups[0]["lr"]
+        head_lr = next((g["lr"] for g in optimizer.param_groups if g.get("role") == "head"), None)
         total_loss = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
         for inputs, labels in _batches(train, cfg.batch_size, generator):
             labels = labels.to(device)
             loss, hits = train_step(model, _to(inputs, device), labels, optimizer, forward, dtype, scaler)
+            if initial_loss is None:
+                initial_loss = loss.item()
             total_loss += loss.double() * len(labels)
             correct += hits
             seen += len(labels)
-        scheduler.step()
+            if per_step > 1:
+                scheduler.step()
+        if per_step == 1:
+            scheduler.step()
         row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": total_loss.item() / seen,
                                "train_acc": correct.item() / seen, "val_acc": None, "val_loss": None}
+        if head_lr is not None:
+            row["head_lr"] = head_lr
         if cfg.selection == "best_test":
             row["test_acc"] = None
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+        if epoch % cfg.eval_every == 0 or epoch == last:
             if val is not None:
                 v = run_eval(val)
                 row["val_acc"], row["val_loss"] = v["acc"], v["loss"]
@@ -399,7 +467,7 @@ def fit(model: nn.Module, train: Data, val: Data | None, test: Data | None, cfg:
                 row["test_acc"] = tested["acc"]
             score = {"val": row["val_acc"], "best_test": row.get("test_acc"), "last": epoch}[cfg.selection]
             if best is None or score > best["score"]:  # strict: the earliest best epoch wins ties
-                best = {"score": score, "row": row, "state": _snapshot(model) if epoch < cfg.epochs else None,
+                best = {"score": score, "row": row, "state": _snapshot(model) if epoch < last else None,
                         "test": tested}
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=row["val_acc"], refresh=False)
         history.append(row)
@@ -418,6 +486,9 @@ def fit(model: nn.Module, train: Data, val: Data | None, test: Data | None, cfg:
              "best_epoch": chosen["epoch"], "train_loss": chosen["train_loss"], "selection": cfg.selection,
              "protocol": PROTOCOLS[cfg.selection],
              "test_correct": encode_correct(tested["correct"]) if tested else None,
-             "test_n": len(tested["correct"]) if tested else 0}
+             "test_n": len(tested["correct"]) if tested else 0,
+             "initial_loss": initial_loss, "last_train_loss": history[-1]["train_loss"],
+             "last_train_acc": history[-1]["train_acc"], "max_train_loss": max(r["train_loss"] for r in history),
+             "lr_groups": _lr_groups(optimizer)}
     state = {name: p.detach().to("cpu", copy=True) for name, p in _trainable(model).items()}
     return FitResult(final=final, history=history, n_trainable=n_trainable, state=state)

@@ -1,6 +1,7 @@
 """The target-side settings: where the vision backbone's prompt comes from.
 
-Every setting is a :class:`PromptSource` — a module whose ``forward()`` returns the prompt
+The settings themselves (which of these modules each uses, what trains, its recipe) are records
+of :mod:`cmpt.settings`. Every setting is a :class:`PromptSource` — a module whose ``forward()`` returns the prompt
 arguments for :class:`~cmpt.backbones.vision.PromptedViT` — plus the same linear head on
 the final-norm CLS feature (:class:`PromptedClassifier`). Which parameters train is decided
 here, by construction:
@@ -33,14 +34,10 @@ from torch import nn
 
 from cmpt.backbones.vision import PromptedViT
 from cmpt.errors import InputError, check_names
-from cmpt.prompts import check_width
 
 __all__ = [
-    "HEAD_ONLY",
-    "SAME_WIDTH_SETTINGS",
-    "SETTINGS",
-    "SOURCE_SETTINGS",
-    "accepts_width",
+    "HEAD_INITS",
+    "QUERY_INITS",
     "AttentionPrompt",
     "FixedPrompt",
     "LearnedPrompt",
@@ -48,18 +45,10 @@ __all__ = [
     "ProjectedPrompt",
     "PromptSource",
     "PromptedClassifier",
-    "make_prompt_source",
+    "make_head",
     "random_reference_prompt",
+    "vpt_init_",
 ]
-
-SETTINGS = ("linear", "vpt", "vpt_deep", "spt", "frozen", "random", "random_xavier", "projection", "attention")
-#: settings that train only the head (on cached features)
-HEAD_ONLY = ("linear", "frozen", "random", "random_xavier")
-#: settings that start from a source prompt (one run per source)
-SOURCE_SETTINGS = ("frozen", "projection", "attention")
-#: settings that insert the source prompt as it is, so its width must be the backbone's
-SAME_WIDTH_SETTINGS = ("frozen",)
-
 
 class PromptSource(nn.Module):
     """Produces the keyword arguments (``prompt=`` or ``deep_prompts=``) for the backbone."""
@@ -115,6 +104,9 @@ class ProjectedPrompt(PromptSource):
         return {"prompt": self.proj(self.source_prompt)}
 
 
+QUERY_INITS = ("unit_logits", "randn")
+
+
 class AttentionPrompt(PromptSource):
     """Attention transfer: ``l_s`` learnable queries attend over the source prompt.
 
@@ -122,19 +114,36 @@ class AttentionPrompt(PromptSource):
     outputs ``A V`` are concatenated with a trainable target prompt of ``length - l_s``
     tokens, so the total length is unchanged. The paper's code omits the 1/sqrt(d) scale,
     hence ``scaled=False`` by default.
+
+    ``query_init`` (:data:`QUERY_INITS`): ``"randn"`` is the original code's N(0, 1) queries,
+    whose logits are so large that the softmax starts saturated (each query on one source token,
+    entropy 0, and almost no gradient); ``"unit_logits"`` (the default) draws the same N(0, 1)
+    queries and rescales them once so the initial logits ``Q K^T`` (times the scale) have standard
+    deviation 1: attention then starts neither saturated nor uniform.
     """
 
     def __init__(self, source_prompt: torch.Tensor, width: int, length: int, concentrated: int, patch_size: int,
-                 scaled: bool = False) -> None:
+                 scaled: bool = False, query_init: str = "unit_logits") -> None:
         super().__init__()
         if not 0 < concentrated <= length:
             raise InputError(f"concentrated length l_s must be in 1..{length}, got {concentrated}")
+        check_names("query initialisation", query_init, QUERY_INITS)
         self.register_buffer("source_prompt", source_prompt.detach().clone().float())
         self.queries = nn.Parameter(torch.randn(concentrated, width))
         self.key = nn.Linear(source_prompt.shape[-1], width)
         self.value = nn.Linear(source_prompt.shape[-1], width)
         self.target = nn.Parameter(vpt_init_(torch.empty(length - concentrated, width), patch_size))
         self.scale = 1.0 / math.sqrt(width) if scaled else 1.0
+        if query_init == "unit_logits":
+            with torch.no_grad():
+                spread = (self.queries @ self.key(self.source_prompt).T * self.scale).std()
+                self.queries.div_(spread.clamp_min(1e-8))
+
+    def entropy(self) -> float:
+        """Mean entropy (nats) of the queries' attention over the source tokens; 0 is saturated, ln L uniform."""
+        with torch.no_grad():
+            weights = self.attention()
+            return float(-(weights * weights.clamp_min(1e-12).log()).sum(-1).mean())
 
     def attention(self) -> torch.Tensor:
         """Query-to-source-token weights ``[l_s, L_src]`` (rows sum to 1)."""
@@ -152,14 +161,30 @@ def random_reference_prompt(length: int, width: int, norm: float, seed: int) -> 
     return tokens / tokens.norm(dim=1, keepdim=True) * norm
 
 
+HEAD_INITS = ("zero", "default")
+
+
+def make_head(width: int, num_classes: int, init: str = "zero") -> nn.Linear:
+    """The linear head: ``"zero"`` starts every class at logit 0 (initial loss ln C, so the first
+    steps follow the data, not a random head's confident mistakes); ``"default"`` is torch's
+    Kaiming-uniform initialisation (CMPT's code)."""
+    check_names("head initialisation", init, HEAD_INITS)
+    head = nn.Linear(width, num_classes)
+    if init == "zero":
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    return head
+
+
 class PromptedClassifier(nn.Module):
     """Frozen backbone + prompt source + linear head. Inputs are images or embedded tokens."""
 
-    def __init__(self, backbone: PromptedViT, prompt_source: PromptSource, num_classes: int) -> None:
+    def __init__(self, backbone: PromptedViT, prompt_source: PromptSource, num_classes: int,
+                 head_init: str = "zero") -> None:
         super().__init__()
         self.backbone = backbone
         self.prompt_source = prompt_source
-        self.head = nn.Linear(backbone.width, num_classes)
+        self.head = make_head(backbone.width, num_classes, head_init)
 
     def features(self, inputs: torch.Tensor) -> torch.Tensor:
         """CLS features; ``inputs`` are images ``[B,3,H,W]`` or :meth:`PromptedViT.embed` tokens."""
@@ -170,37 +195,3 @@ class PromptedClassifier(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(inputs))
-
-
-def accepts_width(setting: str, source_width: int, target_width: int) -> bool:
-    """Whether ``setting`` can carry a source prompt of ``source_width`` into a backbone of ``target_width``."""
-    return setting not in SAME_WIDTH_SETTINGS or source_width == target_width
-
-
-def make_prompt_source(setting: str, backbone: PromptedViT, length: int, source_prompt: torch.Tensor | None = None,
-                       concentrated: int | None = None, scaled: bool = False,
-                       reference_norm: float = 1.0, seed: int = 0) -> PromptSource:
-    """Build the prompt side of ``setting`` for ``backbone``, from ``source_prompt`` where the setting uses one."""
-    patch = int(backbone.vit.patch_embed.patch_size[0])
-    check_names("setting", setting, SETTINGS)
-    if setting == "linear":
-        return NoPrompt()
-    if setting in ("vpt", "vpt_deep"):
-        return LearnedPrompt(length, backbone.width, patch, depth=backbone.depth if setting == "vpt_deep" else 0)
-    if setting == "random":
-        return FixedPrompt(random_reference_prompt(length, backbone.width, reference_norm, seed))
-    if setting == "random_xavier":
-        gen = torch.Generator().manual_seed(seed)
-        bound = math.sqrt(6.0 / float(3 * patch * patch + backbone.width))
-        return FixedPrompt((torch.rand(length, backbone.width, generator=gen) * 2 - 1) * bound)
-    if setting == "spt":
-        raise InputError("an spt prompt starts from the target's own training tokens: build it with "
-                         "cmpt.spt.SelfPrompt.from_tokens (cmpt.runner.build_classifier does)")
-    if source_prompt is None:
-        raise InputError(f"setting {setting!r} needs a source prompt")
-    if setting == "frozen":
-        check_width(source_prompt, backbone.width, backbone.name)
-        return FixedPrompt(source_prompt)
-    if setting == "projection":
-        return ProjectedPrompt(source_prompt, backbone.width)
-    return AttentionPrompt(source_prompt, backbone.width, length, concentrated or length, patch, scaled=scaled)

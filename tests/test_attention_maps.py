@@ -7,7 +7,8 @@ from cmpt.attention_maps import (cls_patch_attention, prompt_mass, query_attenti
                                  rollout, rollout_cls_patches)
 from cmpt.backbones import load_vision_backbone
 from cmpt.profiles import get_profile
-from cmpt.transfer import PromptedClassifier, make_prompt_source
+from cmpt.settings import make_prompt_source
+from cmpt.transfer import PromptedClassifier
 
 SMOKE = get_profile("smoke")
 SETTINGS = ("linear", "vpt", "vpt_deep", "frozen", "projection", "attention")

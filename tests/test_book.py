@@ -15,7 +15,7 @@ import pytest
 
 from cmpt.book import BookError, chapters, plan_book
 from cmpt.profiles import ProfileError, get_profile
-from cmpt.transfer import SETTINGS
+from cmpt.settings import SETTINGS
 from cmpt.chapter_values import ENV_VAR, load_records
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -181,7 +181,7 @@ def test_stimulation_feeds_the_raw_cls_token_unless_asked_for_its_position(tiny_
 def test_random_references_are_frozen_and_drawn_as_labelled(tiny_vit):
     import math
 
-    from cmpt.transfer import make_prompt_source
+    from cmpt.settings import make_prompt_source
 
     gaussian = make_prompt_source("random", tiny_vit, 4, reference_norm=3.0, seed=0)()["prompt"]
     assert torch.allclose(gaussian.norm(dim=1), torch.full((4,), 3.0))

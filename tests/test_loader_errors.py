@@ -29,7 +29,8 @@ from cmpt.errors import CmptError, InputError, UnknownNameError
 from cmpt.model_files import ModelFileError, load_trained, read_trained, save_trained
 from cmpt.prompts import Prompt, PromptError, export_peft, import_peft, import_su2022, load_prompt, save_prompt
 from cmpt.results import STATUSES, ResultsStore
-from cmpt.transfer import SETTINGS, PromptedClassifier, make_prompt_source
+from cmpt.settings import SETTINGS, make_prompt_source
+from cmpt.transfer import PromptedClassifier
 
 # damaged pickles make torch warn about the protocol byte before it refuses them
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")

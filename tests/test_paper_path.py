@@ -65,7 +65,7 @@ def test_paper_path_runs_search_then_finals_and_resumes(paper_command, capsys):
         assert "train_split" not in r["config"] and r["config"]["selection"] == "val"
         assert r["final"]["test_acc"] is None and r["final"]["val_acc"] is not None and r["config"]["seed"] == 42
     by_point = {_point(r): r for r in search}
-    for r in finals:  # train800val200 at the chosen values, for the chosen epochs, tested once
+    for r in finals:  # train800val200 at the chosen values, on the searched schedule cut at the chosen epoch
         config = r["config"]
         assert config["train_split"] == "trainval" and config["selection"] == "last"
         assert 0.0 <= r["final"]["test_acc"] <= 1.0 and r["final"]["val_acc"] is None
@@ -75,7 +75,11 @@ def test_paper_path_runs_search_then_finals_and_resumes(paper_command, capsys):
         rivals = [s for p, s in by_point.items() if p[:2] == _point(r)[:2]
                   and (config["setting"] != "attention" or p[2] == config["concentrated"])]
         assert chosen["final"]["val_acc"] == max(s["final"]["val_acc"] for s in rivals)
-        assert config["epochs"] == chosen["final"]["best_epoch"]
+        best = chosen["final"]["best_epoch"]
+        assert config["epochs"] == chosen["config"]["epochs"]  # the schedule the search ran
+        assert config.get("stop_epoch") == (best if best < config["epochs"] else None)
+        final_lrs = [row["lr"] for row in r["metrics_per_epoch"]]
+        assert final_lrs == [row["lr"] for row in chosen["metrics_per_epoch"][:best]]
     assert {r["config"]["seed"] for r in finals} == {42, 44}
     assert main(command) == 0
     assert "30 runs: 0 ran, 30 already done, 0 failed" in capsys.readouterr().out

@@ -14,7 +14,8 @@ from cmpt.features import embed_tokens
 from cmpt.profiles import PAPER, SMOKE
 from cmpt.target_data import DEFAULT_CACHE_BYTES, TargetData, prepare_target
 from cmpt.train import TrainConfig, fit
-from cmpt.transfer import HEAD_ONLY, PromptedClassifier, make_prompt_source
+from cmpt.settings import HEAD_ONLY, make_prompt_source
+from cmpt.transfer import PromptedClassifier
 
 LENGTH = 4
 

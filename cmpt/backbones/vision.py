@@ -120,6 +120,11 @@ class PromptedViT(nn.Module):
         """
         return self.vit._pos_embed(self.vit.patch_embed(images))
 
+    def patch_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch projection only ``[B, N, D]``: no CLS and no position embedding (SPT's prompt source)."""
+        tokens = self.vit.patch_embed(images)
+        return tokens.flatten(1, 2) if tokens.dim() == 4 else tokens
+
     def insert(self, tokens: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
         """Insert ``prompt`` (``[L, D]`` or ``[B, L, D]``) into embedded ``tokens`` ``[B, 1+N, D]``."""
         if prompt is None or prompt.shape[-2] == 0:
