@@ -6,7 +6,11 @@ import pandas as pd
 
 from cmpt.data import IMAGE_TASKS
 
-__all__ = ["GROUP_ORDER", "group_of", "group_summary", "mean_over_seeds", "relative_to"]
+__all__ = ["CONVERGED", "GROUP_ORDER", "convergence_table", "group_of", "group_summary", "loss_curves",
+           "mean_over_seeds", "unconverged"]
+
+#: last-epoch train accuracy at which a run counts as fitting its training set
+CONVERGED = 0.95
 
 GROUP_ORDER = ("Natural", "Specialized", "Structured")
 
@@ -41,6 +45,28 @@ def group_summary(table: pd.DataFrame, row: str = "setting", metric: str = "test
     return groups
 
 
-def relative_to(table: pd.DataFrame, reference: pd.Series, metric: str = "test_acc") -> pd.Series:
-    """``metric`` minus the reference accuracy of the same target (index of ``reference``)."""
-    return table[metric] - table["target"].map(reference)
+def convergence_table(runs: pd.DataFrame, keys: tuple[str, ...] = ("setting", "target")) -> pd.DataFrame:
+    """Per ``keys``: last-epoch train accuracy (mean and minimum over the runs), train loss, loss start and peak.
+
+    ``start`` is the first batch's loss (a neutral head starts near ln C); ``peak`` the largest
+    epoch-mean train loss, which stays below ``start`` when the warm-up is long enough.
+    """
+    grouped = runs.groupby(list(keys), sort=False)
+    out = grouped.agg(runs=("last_train_acc", "size"), train_acc_mean=("last_train_acc", "mean"),
+                      train_acc_min=("last_train_acc", "min"), train_loss_mean=("last_train_loss", "mean"),
+                      loss_start=("initial_loss", "mean"), loss_peak=("max_train_loss", "max"))
+    return out.reset_index()
+
+
+def unconverged(runs: pd.DataFrame, threshold: float = CONVERGED) -> pd.DataFrame:
+    """The runs whose last-epoch train accuracy is below ``threshold``."""
+    cols = [c for c in ("setting", "source", "target", "seed", "last_train_acc", "last_train_loss") if c in runs]
+    return runs.loc[runs["last_train_acc"] < threshold, cols].reset_index(drop=True)
+
+
+def loss_curves(records: list[dict]) -> pd.DataFrame:
+    """Long table (setting, seed, epoch, train_loss, train_acc) of stored run records' epochs."""
+    rows = [{"setting": r["config"]["setting"], "seed": r["config"]["seed"], "epoch": row["epoch"],
+             "train_loss": row["train_loss"], "train_acc": row["train_acc"]}
+            for r in records for row in r["metrics_per_epoch"]]
+    return pd.DataFrame(rows)

@@ -27,11 +27,13 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 import time
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,18 +42,21 @@ from typing import Any
 import yaml
 
 from cmpt.atomic import write_atomic
+from cmpt.book_pages import chapter_title, cli_text, fold_code, insert_run_box, is_stub, run_box, stub_notebook
 from cmpt.errors import CmptError
 from cmpt.profiles import PROFILE_FIELDS, Profile, ProfileError, get_profile
 from cmpt.chapter_values import ENV_VAR, record
 from cmpt.results import RESULTS_ENV, results_root
 
 
-__all__ = ["CHAPTER_TIMES", "BookError", "BookPlan", "Chapter", "build_book", "chapter_parameters", "chapter_times",
-           "chapters", "find_root", "freeze_widgets", "notebook_profile", "parameters_help", "plan_book",
-           "prepare_for_reading", "stage_mathjax"]
+__all__ = ["BUILD_LOG", "CHAPTER_TIMES", "BookError", "BookPlan", "Chapter", "build_book", "build_problems",
+           "chapter_parameters", "chapter_times", "chapters", "find_root", "freeze_widgets", "notebook_profile",
+           "parameters_help", "parse_parameter", "plan_book", "prepare_for_reading", "stage_mathjax"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CHAPTER_TIMES = "chapter_times.json"  # under OUT/_build: {chapter: {"seconds", "profile", "finished"}}
+#: under OUT/_build: the whole output of the last HTML build (Jupyter Book and Sphinx), without colour codes
+BUILD_LOG = "html-build.log"
 #: the first line of the cell papermill injects after a notebook's ``parameters`` cell
 INJECTED_HEADER = "# Parameters"
 #: the two parameters every chapter declares; the rest are the chapter's own
@@ -87,6 +92,10 @@ class BookPlan:
     profile: str
     chapters: list[Chapter]
     parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the ``-p`` overrides as given (profile fields and chapter parameters)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    #: each selected notebook's own parameters as papermill inspects them (name -> default, help, ...)
+    declared: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def staging(self) -> Path:
@@ -210,6 +219,10 @@ def plan_book(root: Path, out: Path, profile: str, overrides: dict[str, Any],
         if missing:
             raise BookError(f"{chapter}.ipynb: its parameters cell must define {', '.join(sorted(missing))}")
     chapter_names = sorted({n for params in declared.values() for n in params} - {"profile", "overrides"})
+    if "profile" in overrides:
+        raise ProfileError("-p profile: choose the profile with --profile NAME, not with -p")
+    if "overrides" in overrides:
+        raise ProfileError("-p overrides: give each override as its own -p NAME VALUE")
     unknown = sorted(set(overrides) - set(PROFILE_FIELDS) - set(chapter_names))
     if unknown:
         raise ProfileError(
@@ -224,14 +237,154 @@ def plan_book(root: Path, out: Path, profile: str, overrides: dict[str, Any],
             raise BookError(f"unknown chapter(s) {', '.join(bad)}; chapters: {', '.join(c.stem for c in all_chapters)}")
         wanted = {names[o].entry for o in only}
         selected = [c for c in all_chapters if c.entry in wanted]
-    parameters = {}
+    for name, value in overrides.items():  # a chapter parameter must fit the type of its default
+        if name not in PROFILE_FIELDS:
+            hint, example = _chapter_hint(name, declared.values())
+            if hint is not None and not _accepts(value, hint):
+                raise ProfileError(f'-p {name}: "{cli_text(value)}" is not valid '
+                                   f'(expected {_describe(hint, example)})')
+    parameters, own_declared = {}, {}
     for chapter in selected:
         if chapter.is_notebook:
             # every parameter is injected, defaults included, so the injected cell shows all the page used
-            defaults = _literal_defaults({k: v for k, v in declared[chapter.entry].items() if k not in BOOK_PARAMETERS})
+            mine = {k: v for k, v in declared[chapter.entry].items() if k not in BOOK_PARAMETERS}
+            defaults = _literal_defaults(mine)
             own = {k: v for k, v in overrides.items() if k in declared[chapter.entry] and k not in PROFILE_FIELDS}
             parameters[chapter.entry] = {"profile": profile, "overrides": profile_overrides, **defaults, **own}
-    return BookPlan(root=root, out=out, profile=profile, chapters=selected, parameters=parameters)
+            own_declared[chapter.entry] = mine
+    return BookPlan(root=root, out=out, profile=profile, chapters=selected, parameters=parameters,
+                    overrides=dict(overrides), declared=own_declared)
+
+
+# --------------------------------------------------------------------------- -p values, checked before any work
+
+def _hint_of(value: Any) -> Any:
+    """A type hint for a chapter parameter's literal default (None: anything goes)."""
+    if value is None:
+        return Any
+    if isinstance(value, (bool, int, float, str, dict)):
+        return type(value)
+    if isinstance(value, (list, tuple)):
+        kinds = {type(v) for v in value}
+        element = _hint_of(value[0]) if len(kinds) == 1 else Any
+        return list[element]  # type: ignore[valid-type]
+    return Any
+
+
+def _chapter_hint(name: str, declared: typing.Iterable[Mapping[str, Mapping[str, Any]]]) -> tuple[Any, Any]:
+    """(type hint, example) of chapter parameter ``name`` from the first literal default declared; (None, None)."""
+    for params in declared:
+        info = params.get(name)
+        if info is None:
+            continue
+        try:
+            default = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError, TypeError):
+            continue
+        return _hint_of(default), default
+    return None, None
+
+
+def _expected(name: str, root: Path | None) -> tuple[Any, Any]:
+    """(type hint, example) that ``-p name`` must fit; (None, None) for a name no one declares."""
+    if name in PROFILE_FIELDS:
+        from cmpt.profiles import Profile
+
+        return typing.get_type_hints(Profile)[name], getattr(get_profile("default"), name)
+    if root is None:
+        return None, None
+    try:
+        notebooks = [c for c in chapters(root) if c.is_notebook]
+    except BookError:
+        return None, None
+    return _chapter_hint(name, (_notebook_parameters(c.source) for c in notebooks))
+
+
+def _scalar_ok(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # a nested hint: left to the profile's own check
+
+
+def _accepts(value: Any, hint: Any) -> bool:
+    """Whether a parsed ``-p`` value fits ``hint`` (a profile field's ``tuple[X, ...]`` also takes one X)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return all(_scalar_ok(v, args[0]) for v in items)
+    if origin is tuple:
+        return isinstance(value, (list, tuple)) and len(value) == len(args)
+    if origin is list:
+        return isinstance(value, (list, tuple)) and all(_scalar_ok(v, args[0] if args else Any) for v in value)
+    return _scalar_ok(value, hint)
+
+
+_PLURAL = {int: "ints", float: "numbers", str: "names", bool: "True/False values"}
+
+
+def _describe(hint: Any, example: Any) -> str:
+    """What ``-p`` expects, in words, with an example where one is at hand."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if isinstance(example, (list, tuple)) and len(example) > 3:
+        example = list(example[:2])  # an example, not the whole default
+    such = f" such as {cli_text(example)}" if example not in (None, (), [], "") else ""
+    if hint is bool:
+        return "True or False"
+    if hint is int:
+        return f"an integer{such}"
+    if hint is float:
+        return f"a number{such}"
+    if hint is str:
+        return f"a string{such}"
+    if hint is dict:
+        return f"a dict{such or ' such as {}'}"
+    if (origin is tuple and len(args) == 2 and args[1] is Ellipsis) or origin is list:
+        element = args[0] if args else Any
+        if typing.get_origin(element) is None and element in _PLURAL:
+            return f"a list of {_PLURAL[element]}{such}"
+        return f"a list{such}"
+    if origin is tuple:
+        return f"a list of {len(args)} items{such}"
+    return "a Python literal"
+
+
+def _parse_error(err: Exception, text: str) -> str:
+    if isinstance(err, SyntaxError):
+        return err.msg
+    if text.strip()[:1] in ("[", "(", "{"):
+        return "not a Python literal (names inside a list need quotes, e.g. ['a', 'b'])"
+    return "not a Python literal"
+
+
+def parse_parameter(name: str, text: str, root: Path | None = None) -> Any:
+    """The value of ``cmpt book -p NAME TEXT``: a Python literal where it is one, else the string.
+
+    The text is checked against what ``name`` takes (a profile field's type, or the type of the
+    default a chapter declares): a malformed or mistyped value is a :class:`ProfileError` that
+    says what is wrong, e.g. ``-p seeds: "[42,44" is not valid (expected a list of ints such
+    as [42, 44, 100]; parse error: '[' was never closed)``. A name nothing declares is parsed
+    the same way and left for :func:`plan_book` to report.
+    """
+    try:
+        value, problem = ast.literal_eval(text), None
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
+        value, problem = text, _parse_error(err, text)
+    hint, example = _expected(name, root)
+    if hint is None:
+        return value
+    broken = problem is not None and text.strip()[:1] in ("[", "(", "{", "'", '"')
+    if _accepts(value, hint) and not broken:
+        return value
+    detail = f"; parse error: {problem}" if problem else ""
+    raise ProfileError(f'-p {name}: "{text}" is not valid (expected {_describe(hint, example)}{detail})')
 
 
 def package_fingerprint() -> str:
@@ -251,7 +404,8 @@ def _cache_key(chapter: Chapter, params: dict[str, Any], fingerprint: str) -> st
     return digest.hexdigest()
 
 
-def _execute(plan: BookPlan, chapter: Chapter, params: dict[str, Any]) -> None:
+def _execute(plan: BookPlan, chapter: Chapter, params: dict[str, Any]) -> float:
+    """Run one chapter with papermill into its executed copy, prepared for reading; returns papermill's seconds."""
     import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -274,27 +428,51 @@ def _execute(plan: BookPlan, chapter: Chapter, params: dict[str, Any]) -> None:
         else:
             os.environ[key] = value
     partial = target.with_name(target.name + ".part.ipynb")
+    failed = plan.out / "_build" / "failed" / (chapter.stem + ".ipynb")
+    start = time.perf_counter()
     try:
         papermill.execute_notebook(str(chapter.source), str(partial), parameters=params, kernel_name="python3",
                                    cwd=str(chapter.source.parent), progress_bar=False)
     except PapermillExecutionError as err:
-        failed = plan.out / "_build" / "failed" / (chapter.stem + ".ipynb")
         failed.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(partial), failed)
         raise BookError(
             f"chapter {chapter.entry}.ipynb failed in cell [{err.exec_count}] with {err.ename}: {err.evalue}\n"
             f"  the executed notebook, with the traceback, is at {failed}"
         ) from None
+    except Exception as err:  # papermill could not start or finish the notebook (kernel, parameters, I/O)
+        kept = ""
+        if partial.exists():
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(partial), failed)
+            kept = f"; what ran is kept at {failed}"
+        message = (str(err).strip().splitlines() or [""])[0]
+        raise BookError(f"chapter {chapter.entry}.ipynb: papermill could not run it: "
+                        f"{type(err).__name__}: {message}{kept}") from None
     finally:
         for key, value in env_before.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    seconds = time.perf_counter() - start
     nb = nbformat.read(str(partial), as_version=4)
     prepare_for_reading(nb)
+    fold_code(nb)
+    insert_run_box(nb, _run_box(plan, chapter, params, seconds))
     nbformat.write(nb, str(partial))
     os.replace(partial, target)
+    return seconds
+
+
+def _run_box(plan: BookPlan, chapter: Chapter, params: dict[str, Any], seconds: float) -> str:
+    declared = plan.declared.get(chapter.entry)
+    if declared is None:
+        declared = chapter_parameters(chapter)
+    given = {k: v for k, v in plan.overrides.items() if k in PROFILE_FIELDS or k in declared}
+    return run_box(root=plan.root, out=plan.out, entry=chapter.entry, profile=plan.profile, given=given,
+                   profile_fields=set(PROFILE_FIELDS), declared=declared, values=params, seconds=seconds,
+                   results=plan.results)
 
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -456,7 +634,7 @@ def _stage_static(plan: BookPlan, all_chapters: list[Chapter]) -> None:
             dest = plan.staging / (chapter.entry + ".md")
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(chapter.source, dest)
-    for extra in ("book/figures", "references.bib"):
+    for extra in ("book/figures", "book/references.bib"):
         src = plan.root / extra
         if src.is_dir():
             shutil.copytree(src, plan.staging / extra, dirs_exist_ok=True)
@@ -487,17 +665,107 @@ def _stage_static(plan: BookPlan, all_chapters: list[Chapter]) -> None:
     (plan.staging / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
 
 
+def _stage_stubs(plan: BookPlan, all_chapters: list[Chapter], keys_dir: Path) -> list[Chapter]:
+    """A stub page for every notebook chapter with no executed copy yet, so a partial book builds.
+
+    The book's links to such a chapter then lead to a page that says how to build it. A stub is
+    never taken for an executed chapter: its cache key is removed, and the chapter's next
+    selected build executes it over the stub. Returns the chapters stubbed.
+    """
+    import nbformat
+
+    stubbed = []
+    for chapter in all_chapters:
+        target = plan.staging / (chapter.entry + ".ipynb")
+        if not chapter.is_notebook or (target.exists() and not is_stub(target)):
+            continue
+        title = chapter_title(nbformat.read(str(chapter.source), as_version=4), chapter.stem.replace("_", " "))
+        command = ["cmpt", "book", "--profile", plan.profile, "--only", chapter.stem]
+        if plan.out != plan.root:
+            command += ["--out", str(plan.out)]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(stub_notebook(title, chapter.stem, " ".join(command)), str(target))
+        (keys_dir / (chapter.stem + ".key")).unlink(missing_ok=True)
+        stubbed.append(chapter)
+    return stubbed
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+#: a Sphinx or docutils problem: ``PATH[:LINE]: LEVEL: MESSAGE`` (the path may be missing)
+_PROBLEM = re.compile(r"^(?:(?P<path>.+?):(?:(?P<line>\d+):)?\s+)?(?P<level>WARNING|ERROR|SEVERE|CRITICAL):\s*"
+                      r"(?P<message>.+)$")
+#: myst-nb numbers a notebook's lines as cell * 10000 + line in that cell
+_CELL_LINES = 10_000
+#: problems a failed build lists before "and N more"
+SHOWN_PROBLEMS = 8
+
+
+def _where(path: str, line: str | None, staging: Path) -> str:
+    """A problem's place as a reader knows it: ``book/intro.md, line 24`` or ``book/baselines, cell 3``."""
+    try:
+        shown = str(Path(path).resolve().relative_to(staging.resolve()))
+    except (ValueError, OSError):
+        shown = path
+    if line is None:
+        return shown
+    number = int(line)
+    if shown.endswith(".ipynb") and number >= _CELL_LINES:
+        cell, in_cell = divmod(number, _CELL_LINES)
+        return f"{shown}, cell {cell + 1}" + (f" line {in_cell}" if in_cell else "")
+    return f"{shown}, line {number}"
+
+
+def build_problems(log: str, staging: Path) -> list[str]:
+    """The problems a failed Jupyter Book build reports, one readable line each (colour codes removed).
+
+    Sphinx and docutils warnings and errors come first, each with its page (and cell, for a
+    notebook); a build that failed without one gives the last error lines it printed.
+    """
+    seen, found = set(), []
+    lines = _ANSI.sub("", log).splitlines()
+    for raw in lines:
+        match = _PROBLEM.match(raw.strip())
+        if not match:
+            continue
+        where = _where(match["path"], match["line"], staging) if match["path"] else "the book"
+        problem = f"{where}: {match['level'].lower()}: {match['message'].strip()}"
+        if problem not in seen:
+            seen.add(problem)
+            found.append(problem)
+    if found:
+        return found
+    errors = [line.strip() for line in lines if re.search(r"(Error|Exception)\b.*:|^Sphinx error", line.strip())]
+    if errors:
+        return errors[-3:]
+    return [line.strip() for line in lines if line.strip()][-5:]
+
+
 def build_html(plan: BookPlan) -> Path:
-    """Render the staged, executed book with Jupyter Book; warnings are errors."""
-    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(plan.staging), "--path-output", str(plan.out),
-           "-W", "-n", "--keep-going"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    """Render the staged, executed book with Jupyter Book; warnings are errors.
+
+    The whole output goes to ``OUT/_build/html-build.log`` (:data:`BUILD_LOG`); a failed build
+    raises :class:`BookError` with its problems as a few readable lines and the log's path.
+    """
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(plan.staging),
+           "--path-output", str(plan.out), "-W", "-n", "--keep-going"]
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "PY_COLORS")}
+    env.update(NO_COLOR="1", TERM="dumb")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    log = _ANSI.sub("", proc.stdout + ("\n" + proc.stderr if proc.stderr else ""))
+    log_file = plan.out / "_build" / BUILD_LOG
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file.write_text(log)
     if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr)[-4000:]
-        raise BookError(f"jupyter-book build failed (exit {proc.returncode}):\n{tail}")
+        problems = build_problems(log, plan.staging)
+        shown = [f"  {p}" for p in problems[:SHOWN_PROBLEMS]]
+        if len(problems) > SHOWN_PROBLEMS:
+            shown.append(f"  ... and {len(problems) - SHOWN_PROBLEMS} more")
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        raise BookError("\n".join([f"the HTML build failed (jupyter-book exit {proc.returncode}), {count}:", *shown,
+                                   f"  full log: {log_file}"]))
     index = plan.html / "index.html"
     if not index.exists():
-        raise BookError(f"jupyter-book finished but {index} is missing")
+        raise BookError(f"jupyter-book finished but {index} is missing (full log: {log_file})")
     return index
 
 
@@ -519,7 +787,7 @@ def build_book(root: Path, out: Path, profile: str = "default", overrides: dict[
         key = _cache_key(chapter, params, fingerprint)
         key_file = keys_dir / (chapter.stem + ".key")
         done = plan.staging / (chapter.entry + ".ipynb")
-        if done.exists() and key_file.exists() and key_file.read_text() == key:
+        if done.exists() and key_file.exists() and key_file.read_text() == key and not is_stub(done):
             log(f"[{i}/{len(notebooks)}] {chapter.entry}: unchanged, cached")
             continue
         log(f"[{i}/{len(notebooks)}] {chapter.entry}: executing (profile={profile})")
@@ -530,6 +798,7 @@ def build_book(root: Path, out: Path, profile: str = "default", overrides: dict[
         seconds = time.perf_counter() - start
         _save_time(plan, chapter, seconds)
         log(f"    done in {seconds:.1f} s")
+    _stage_stubs(plan, chapters(root), keys_dir)  # first: the staged toc names what is there
     _stage_static(plan, chapters(root))
     if html:
         index = build_html(plan)

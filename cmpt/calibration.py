@@ -20,6 +20,7 @@ its head's; for the others it is the rate of what they train besides the head (t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -31,7 +32,7 @@ from cmpt.results import ResultsStore, RunFailedError
 from cmpt.run_config import TargetConfig, default_concentrated, setting_configs
 from cmpt.settings import get_setting
 
-__all__ = ["calibration_configs", "calibration_table", "chosen_rate", "needs_rate", "resolve_rates"]
+__all__ = ["calibration_configs", "calibration_table", "chosen_rate", "needs_rate", "recipe_table", "resolve_rates"]
 
 #: runs a list of configs into the store (e.g. a sweep); the calibration runs go through it
 RunAll = Callable[[list[TargetConfig]], Any]
@@ -64,7 +65,7 @@ def calibration_table(store: ResultsStore, profile: Profile, setting: str, rates
         final = record["final"] if done else {}
         rows.append({"setting": setting, "target": config.target, "rate": config.lr,
                      "val_acc": final.get("val_acc"), "last_train_acc": final.get("last_train_acc"),
-                     "seconds": record.get("seconds") if done else None})
+                     "seconds": record.get("wall_time_s") if done else None})
     return pd.DataFrame(rows)
 
 
@@ -96,3 +97,31 @@ def resolve_rates(profile: Profile, configs: Iterable[TargetConfig], store: Resu
         run([c for setting, rates in sorted(grids) for c in calibration_configs(profile, setting, rates)])
     chosen = {key: chosen_rate(store, profile, *key) for key in grids}
     return [c.replace(lr=chosen[_grid_key(c)]) if needs_rate(c) else c for c in configs]
+
+
+def recipe_table(profile: Profile, settings: Sequence[str], store: ResultsStore) -> pd.DataFrame:
+    """Per setting: what trains, its optimiser steps, schedule, head and body rates, and the rate choice.
+
+    ``chosen`` is the rate :func:`chosen_rate` picked (NaN while its calibration runs are
+    missing); ``calibration s`` the seconds its calibration runs took, all rates together.
+    """
+    rows = []
+    for setting in settings:
+        record = get_setting(setting)
+        config = setting_configs(profile, setting, [profile.image_tasks[0]], [profile.text_tasks[0]
+                                 if record.takes_source else None], seeds=profile.seeds[:1])[0]
+        steps = config.epochs * max(1, math.ceil(config.sizes[0] / config.batch_size))
+        chosen, seconds = float("nan"), float("nan")
+        if config.rates:
+            table = calibration_table(store, profile, setting, config.rates)
+            seconds = float(table["seconds"].sum()) if table["seconds"].notna().all() else float("nan")
+            if table["val_acc"].notna().all():
+                chosen = chosen_rate(store, profile, setting, config.rates)
+        rows.append({"setting": setting, "trains": record.trains, "epochs": config.epochs,
+                     "steps (full set)": steps, "batch": config.batch_size,
+                     "schedule": f"{config.schedule or 'epoch'}, warm-up {config.warmup or 1} ep",
+                     "head": f"{config.head_init or 'default'} init" + (f", lr {config.head_lr:g}" if config.head_lr
+                                                                       else ""),
+                     "grid": ", ".join(f"{r:g}" for r in config.rates or (config.lr,)),
+                     "chosen": chosen if config.rates else config.lr, "calibration s": seconds})
+    return pd.DataFrame(rows).set_index("setting")

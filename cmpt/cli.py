@@ -13,17 +13,23 @@ __all__ = ["main"]
 
 
 def _book(args: argparse.Namespace) -> int:
-    from cmpt.book import build_book, find_root
+    """Execute and build; a failed build says what failed in a few lines (the first names the problem)."""
+    from cmpt.book import BookError, build_book, find_root, parse_parameter
 
+    root = find_root(Path(args.root) if args.root else None)
     overrides = {}
     for name, value in args.param:
         if name in overrides:
             raise ProfileError(f"parameter {name!r} given twice")
-        overrides[name] = parse_value(value)
-    root = find_root(Path(args.root) if args.root else None)
+        overrides[name] = parse_parameter(name, value, root)  # a malformed value says what is malformed
     out = Path(args.out) if args.out else root
-    build_book(root, out.resolve(), profile=args.profile, overrides=overrides, only=args.only or None,
-               html=not args.no_html)
+    try:
+        build_book(root, out.resolve(), profile=args.profile, overrides=overrides, only=args.only or None,
+                   html=not args.no_html)
+    except BookError as err:  # kept on several lines: a page, a cell and the log's path each on its own
+        lines = [line.rstrip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        print(f"cmpt book: {lines[0]}", *lines[1:], sep="\n", file=sys.stderr)
+        return err.exit_code
     return 0
 
 
@@ -101,7 +107,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from cmpt.results import ResultsStore
     from cmpt.run_config import setting_grid
     from cmpt.sweep import require_ray
-    from cmpt.settings import SOURCE_SETTINGS
+    from cmpt.settings import get_setting
 
     profile = _profile_from(args)
     settings, targets, sources = _grid(args, profile)
@@ -120,15 +126,18 @@ def _sweep(args: argparse.Namespace) -> int:
         require_ray(args.address)  # fail before training anything if Ray is missing
     store = ResultsStore.for_profile(profile, root=args.results)
     # the source bank (and the random prompts' reference norm) come first, trained here if missing
-    needs_bank = any(s in SOURCE_SETTINGS or s == "random" for s in settings)
+    needs_bank = any(get_setting(s).takes_source or s == "random" for s in settings)
     bank = source_bank(profile, store=store) if needs_bank else {}
     table = run_protocol(profile, configs, prompts=bank, desc=f"{profile.name} grid", store=store,
                          executor=args.executor, retries=args.retries, on_error="continue",
                          address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
-    report = table.attrs["sweep"]
+    report, calibration = table.attrs["sweep"], table.attrs.get("calibration")
+    if calibration:
+        print(f"cmpt sweep: rates chosen on validation first: {calibration['total']} calibration runs: "
+              f"{calibration['ran']} ran, {calibration['skipped']} already done, {len(calibration['failed'])} failed")
     print(f"cmpt sweep: {report['total']} runs: {report['ran']} ran, {report['skipped']} already done, "
           f"{len(report['failed'])} failed; results in {store.root}")
-    return 1 if report["failed"] else 0
+    return 1 if report["failed"] or (calibration and calibration["failed"]) else 0
 
 
 def _bench(args: argparse.Namespace) -> int:

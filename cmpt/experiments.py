@@ -162,6 +162,17 @@ class TargetPrompts:
         """Wall time of every run behind the prompts (all seeds): what the task gap needs first."""
         return float(self.runs["wall_time_s"].sum())
 
+    def moved(self) -> pd.DataFrame:
+        """Per target, the chosen run: seed, last-epoch train accuracy, how far its prompt moved from its start.
+
+        ``moved`` is ||P_t - P_init|| / ||P_init||; the token norms are the means before and after.
+        """
+        chosen = self.runs[self.runs["chosen"]].set_index("target")
+        columns = {"seed": "seed", "last_train_acc": "train_acc", "prompt_moved.relative": "moved",
+                   "prompt_moved.start_norm": "norm_start", "prompt_moved.end_norm": "norm_end"}
+        present = {k: v for k, v in columns.items() if k in chosen}
+        return chosen[list(present)].rename(columns=present)
+
 
 def target_vpt_prompts(profile: Profile, targets: Sequence[str] | None = None,
                        seeds: Sequence[int] | None = None) -> TargetPrompts:

@@ -20,7 +20,7 @@ import torch
 from cmpt.atomic import write_atomic
 from cmpt.backbones.vision import PromptedViT
 from cmpt.errors import InputError, check_names
-from cmpt.settings import REGISTRY, SETTINGS
+from cmpt.settings import REGISTRY, get_setting
 from cmpt.transfer import PromptedClassifier, PromptSource
 
 __all__ = ["PROMPT_KEYS", "ModelFileError", "SavedPrompt", "load_trained", "read_trained", "save_trained"]
@@ -29,7 +29,6 @@ __all__ = ["PROMPT_KEYS", "ModelFileError", "SavedPrompt", "load_trained", "read
 PROMPT_KEYS = ("prompt", "deep_prompts")
 HEAD_KEYS = ("head.weight", "head.bias")
 #: the prompt tensor each setting's source produces where it is not ``prompt`` (see cmpt.transfer)
-_SAVED_PROMPT: dict[str, str | None] = {name: s.saves for name, s in REGISTRY.items()}
 
 
 class ModelFileError(InputError):
@@ -79,7 +78,7 @@ def read_trained(path: str | os.PathLike, setting: str | None = None) -> dict[st
 
     path = Path(path)
     if setting is not None:
-        check_names("setting", setting, SETTINGS)
+        check_names("setting", setting, REGISTRY)
     if not path.is_file():
         raise ModelFileError(path, "no such file", "Run its configuration again to train and save it")
     try:
@@ -113,7 +112,7 @@ def _problem(tensors: Mapping[str, torch.Tensor], setting: str | None) -> str | 
     if len(prompts) > 1:
         return "both a shallow and a deep prompt"
     found = prompts[0] if prompts else None
-    expected = _SAVED_PROMPT.get(setting, "prompt") if setting is not None else found
+    expected = get_setting(setting).saves if setting in REGISTRY else found
     if found != expected:
         return f"a {setting!r} model saves {expected or 'no prompt'}, the file holds {found or 'none'}"
     if found is not None:

@@ -370,7 +370,7 @@ def head_only(bc: BenchConfig, backbone: PromptedViT, device: torch.device) -> d
     prompts = {f"source{i}": Prompt(torch.randn(bc.prompt_length, backbone.width, generator=gen))
                for i in range(bc.sources)}
     plan = [("linear", None), ("random", None)] + [("frozen", s) for s in prompts]
-    configs = [TargetConfig.of(profile, setting, "bench", bc.seed, source=source, **recipe(profile, setting))
+    configs = [TargetConfig.of(profile, setting, "bench", bc.seed, source=source, **recipe(profile, setting, fixed_rate=True))
                for setting, source in plan]
     dev = str(device)
 
@@ -657,7 +657,7 @@ def memory_run(spec: Mapping[str, Any]) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = PromptedClassifier(backbone, make_prompt_source(setting, backbone, profile.prompt_length, seed=seed),
                                data.task.num_classes)
-    hp = recipe(profile, setting)
+    hp = recipe(profile, setting, fixed_rate=True)
     train_cfg = TrainConfig(optimizer=hp["optimizer"], base_lr=hp["lr"], weight_decay=hp["weight_decay"],
                       batch_size=profile.batch_size, eval_batch_size=profile.batch_size, epochs=profile.target_epochs,
                       warmup_epochs=0, seed=seed, device=str(device))

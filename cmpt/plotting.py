@@ -3,21 +3,26 @@
 Every chapter calls :func:`use_book_style` in its first code cell, so figures share one look
 and fit the HTML book's text column (about 690 px wide): at :data:`FIGURE_DPI` a figure of
 the default size is narrower than the column, and its 9-11 pt text stays readable without
-the browser scaling the image down. :func:`markdown_table` shows a result table as Markdown,
+the browser scaling the image down. Inline figures are SVG (:func:`figure_svg`): text stays
+text (``svg.fonttype`` "none"), the file is sized in CSS pixels at :data:`FIGURE_DPI` so it
+shows at the width a PNG of the same figure had, and an artist with thousands of elements (a
+dense scatter, a large mesh) is drawn as pixels at :data:`RASTER_DPI` inside the SVG, which keeps
+the file small. :func:`markdown_table` shows a result table as Markdown,
 which the book renders like its own tables (and JupyterLab renders too), and
 :func:`print_wrapped` prints text that fits the column without scrolling sideways.
 """
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["COLUMN_PX", "FIGURE_DPI", "FIGURE_SIZE", "TEXT_WIDTH", "interval_bars", "markdown_table", "markdown_text", "max_figure_width",
-           "print_wrapped", "use_book_style"]
+__all__ = ["COLUMN_PX", "FIGURE_DPI", "FIGURE_SIZE", "RASTER_ABOVE", "RASTER_DPI", "TEXT_WIDTH", "figure_svg",
+           "interval_bars", "markdown_table", "markdown_text", "max_figure_width", "print_wrapped", "use_book_style"]
 
 #: the width, in CSS pixels, of the HTML book's output column at a usual window size
 COLUMN_PX = 676
@@ -27,6 +32,10 @@ TEXT_WIDTH = 74
 FIGURE_DPI = 80
 #: the default figure size in inches: 8 in at 80 dpi is 640 px, leaving room for labels outside the axes
 FIGURE_SIZE = (8.0, 4.0)
+#: pixels per inch of the parts of an SVG figure drawn as pixels (see :data:`RASTER_ABOVE`)
+RASTER_DPI = 200
+#: an artist drawing more elements than this (markers, mesh cells, line vertices / 10) is rasterised in the SVG
+RASTER_ABOVE = 1000
 
 
 def max_figure_width() -> float:
@@ -45,6 +54,8 @@ def use_book_style(context: str = "notebook") -> None:
 
     sns.set_theme(style="whitegrid", context=context)
     mpl.rcParams.update({
+        "svg.fonttype": "none",  # text as text: small files, crisp and searchable
+        "svg.hashsalt": "cmpt",  # the same figure gives the same file (ids are otherwise random)
         "figure.figsize": FIGURE_SIZE,
         "figure.dpi": FIGURE_DPI,
         "savefig.dpi": FIGURE_DPI,
@@ -58,6 +69,76 @@ def use_book_style(context: str = "notebook") -> None:
         "legend.title_fontsize": 10,
         "figure.titlesize": 11,
     })
+    _show_figures_as_svg()
+
+
+def _elements(artist: Any) -> int:
+    """How many things ``artist`` draws: markers, paths or mesh cells (line vertices count a tenth)."""
+    from matplotlib.collections import Collection, QuadMesh
+    from matplotlib.lines import Line2D
+
+    if isinstance(artist, QuadMesh):
+        array = artist.get_array()
+        return int(np.size(array)) if array is not None else 0
+    if isinstance(artist, Collection):
+        return max(len(artist.get_offsets()), len(artist.get_paths()))
+    if isinstance(artist, Line2D):
+        return len(artist.get_xydata()) // 10
+    return 0
+
+
+def figure_svg(fig: Any) -> str | None:
+    """``fig`` as the SVG the book shows: sized at :data:`FIGURE_DPI` px per inch, dense artists rasterised.
+
+    The inline formatter of :func:`use_book_style`; None for a figure with nothing drawn.
+    """
+    from IPython.core.pylabtools import print_figure
+
+    for ax in fig.axes:
+        for artist in [*ax.collections, *ax.lines]:
+            if _elements(artist) > RASTER_ABOVE:
+                artist.set_rasterized(True)
+    svg = print_figure(fig, "svg", bbox_inches="tight", dpi=RASTER_DPI, metadata={"Date": None})
+    if svg is None:
+        return None
+    if isinstance(svg, bytes):
+        svg = svg.decode("utf-8")
+
+    def px(match: Any) -> str:  # matplotlib sizes the SVG in points (72 per inch); the page wants CSS px
+        return f'{match[1]}="{float(match[2]) * FIGURE_DPI / 72:.1f}px"'
+
+    head, sep, rest = svg.partition("<svg ")
+    tag, close, body = rest.partition(">")
+    tag = re.sub(r'\b(width|height)="([0-9.]+)pt"', px, tag)
+    return head + sep + tag + close + body
+
+
+def _show_figures_as_svg() -> None:
+    """In an IPython kernel: show every matplotlib figure as :func:`figure_svg` (and nothing else)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "display_formatter"):
+        return
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    # pyplot loads its backend at the first figure, and the inline backend then selects its own
+    # formats (PNG): load it now, so that happens before, not after, the formatter below
+    load = getattr(plt, "_get_backend_mod", None)
+    if load is not None:
+        load()
+    else:
+        plt.switch_backend(matplotlib.get_backend())
+
+    formatters = shell.display_formatter.formatters
+    for mime in ("image/png", "image/jpeg", "application/pdf", "image/svg+xml"):
+        if mime in formatters:
+            formatters[mime].pop(Figure, None)
+    formatters["image/svg+xml"].for_type(Figure, figure_svg)
 
 
 def print_wrapped(*paragraphs: str, width: int = TEXT_WIDTH) -> None:

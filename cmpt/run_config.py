@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from cmpt.errors import InputError, check_names
 from cmpt.profiles import Profile
-from cmpt.settings import HEAD_ONLY, REGISTRY, SETTINGS, SOURCE_SETTINGS, get_setting
+from cmpt.settings import REGISTRY, get_setting
 
 __all__ = ["STAGES", "SUBSET_KINDS", "SourceConfig", "TargetConfig", "check_subset", "default_concentrated",
            "recipe", "setting_configs", "setting_grid", "warmup_for"]
@@ -116,9 +116,9 @@ class TargetConfig:
                                            "head_init", "schedule", "warmup", "query_init", "rates", "stop_epoch")
 
     def __post_init__(self) -> None:
-        check_names("setting", self.setting, SETTINGS)
-        if (self.setting in SOURCE_SETTINGS) != (self.source is not None):
-            need = "needs a source prompt" if self.setting in SOURCE_SETTINGS else "takes no source prompt"
+        takes_source = get_setting(self.setting).takes_source
+        if takes_source != (self.source is not None):
+            need = "needs a source prompt" if takes_source else "takes no source prompt"
             raise InputError(f"setting {self.setting!r} {need} (source={self.source!r})")
         if self.stage not in STAGES:
             raise InputError(f"stage must be one of {STAGES}, got {self.stage!r}")
@@ -148,7 +148,7 @@ class TargetConfig:
                    text_backbone=profile.text_backbone if source else None,
                    image_size=profile.image_size, layout=profile.prompt_layout, length=profile.prompt_length,
                    sizes=(profile.n_train, profile.n_val, profile.n_test),
-                   epochs=epochs or (profile.head_epochs if setting in HEAD_ONLY else profile.target_epochs),
+                   epochs=epochs or (profile.head_epochs if get_setting(setting).head_only else profile.target_epochs),
                    batch_size=profile.batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                    concentrated=concentrated, scaled=scaled, selection=selection or profile.selection,
                    source_epochs=profile.source_epochs if source and trained_bank else None,
@@ -170,7 +170,7 @@ class TargetConfig:
 
     @property
     def head_only(self) -> bool:
-        return self.setting in HEAD_ONLY
+        return get_setting(self.setting).head_only
 
 
 def default_concentrated(profile: Profile) -> int:
@@ -183,21 +183,24 @@ def warmup_for(profile: Profile, epochs: int) -> int | None:
     return None if profile.warmup_fraction == 0.1 else max(1, round(epochs * profile.warmup_fraction))
 
 
-def recipe(profile: Profile, setting: str) -> dict[str, Any]:
+def recipe(profile: Profile, setting: str, fixed_rate: bool = False) -> dict[str, Any]:
     """The training recipe of ``setting`` at ``profile`` (see :mod:`cmpt.settings`), as config fields.
 
     With ``profile.calibrate`` every setting gets ``lr=None`` and its grid in ``rates``: the rate
     is chosen on validation before the runs (:mod:`cmpt.calibration`). Without it (the paper
     profile, whose protocol searches) ``lr`` is a fixed rate. A setting that trains more than its
-    head trains the head at ``profile.head_lr`` (where that is set).
+    head trains the head at ``profile.head_lr`` (where that is set). ``fixed_rate`` takes the grid's
+    first rate instead of choosing (for timing runs, whose accuracy nobody reads).
     """
     record = get_setting(setting)
     epochs = profile.target_epochs if not record.head_only else profile.head_epochs
     out: dict[str, Any] = {"optimizer": "adam", "weight_decay": record.weight_decay}
     if profile.head_lr > 0 and not record.head_only:  # 0: the head shares the body's rate (the papers' code)
         out["head_lr"] = profile.head_lr
-    if profile.calibrate:
+    if profile.calibrate and not fixed_rate:
         out.update(lr=None, rates=tuple(record.rates))
+    elif profile.calibrate:
+        out["lr"] = record.rates[0]
     else:  # the paper profile: its protocol searches; this is the rate of a setting it does not search
         out["lr"] = 0.4 if record.head_only else record.rates[0]
     if profile.head_init != "default":
@@ -230,4 +233,4 @@ def setting_grid(profile: Profile, settings: Sequence[str] | None = None, target
     targets = list(targets or profile.image_tasks)
     sources = list(sources or profile.text_tasks)
     return [c for s in settings
-            for c in setting_configs(profile, s, targets, sources if s in SOURCE_SETTINGS else (None,), seeds)]
+            for c in setting_configs(profile, s, targets, sources if get_setting(s).takes_source else (None,), seeds)]

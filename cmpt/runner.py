@@ -79,6 +79,19 @@ def build_classifier(config: TargetConfig, backbone: PromptedViT, num_classes: i
     return PromptedClassifier(backbone, prompt_source, num_classes, head_init=config.head_init or "default")
 
 
+def _prompt_tensor(model: PromptedClassifier) -> torch.Tensor:
+    """The prompt the model inserts (shallow or deep), detached on the CPU."""
+    with torch.no_grad():
+        out = model.prompt_source()
+    return next(iter(out.values())).detach().float().cpu().clone()
+
+
+def prompt_moved(start: torch.Tensor, end: torch.Tensor) -> dict[str, float]:
+    """How far a trained prompt moved: ||end - start|| / ||start||, and the mean token norm before and after."""
+    return {"relative": float((end - start).norm() / start.norm().clamp_min(1e-12)),
+            "start_norm": float(start.norm(dim=-1).mean()), "end_norm": float(end.norm(dim=-1).mean())}
+
+
 def run_target(config: TargetConfig, backbone: PromptedViT, data: TargetData, source_prompt: Prompt | None,
                reference_norm: float = 1.0, device: str = "auto", cache_features: bool = True,
                return_model: bool = False) -> dict[str, Any] | tuple[dict[str, Any], PromptedClassifier]:
@@ -109,6 +122,7 @@ def run_target(config: TargetConfig, backbone: PromptedViT, data: TargetData, so
     model = build_classifier(config, backbone, data.task.num_classes, source_prompt, reference_norm, train_tokens,
                              train_patches)
     start_entropy = model.prompt_source.entropy() if isinstance(model.prompt_source, AttentionPrompt) else None
+    start_prompt = None if config.head_only else _prompt_tensor(model)
     kwargs = {"keep": keep, "seed": config.seed, "batch_size": config.batch_size,
               "names": (train_name, "val", "test"), "eval_batch_size": train_cfg.eval_batch_size}
     if cache_features and config.head_only:
@@ -128,6 +142,8 @@ def run_target(config: TargetConfig, backbone: PromptedViT, data: TargetData, so
     if isinstance(model.prompt_source, AttentionPrompt):
         record["final"]["query_attention"] = model.prompt_source.attention().detach().cpu().tolist()
         record["final"]["attention_entropy"] = {"start": start_entropy, "end": model.prompt_source.entropy()}
+    if start_prompt is not None:
+        record["final"]["prompt_moved"] = prompt_moved(start_prompt, _prompt_tensor(model))
     if config.rates:
         record["final"]["rate_choice"] = {"grid": list(config.rates), "chosen": config.lr,
                                           "how": "best mean last-epoch validation accuracy at the first seed "

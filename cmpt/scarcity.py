@@ -35,14 +35,13 @@ from cmpt.results import ResultsStore, config_hash
 from cmpt.run_config import TargetConfig, default_concentrated, setting_configs, warmup_for
 from cmpt.calibration import resolve_rates
 from cmpt.runner import subset_indices
-from cmpt.settings import SOURCE_SETTINGS
+from cmpt.settings import get_setting
 from cmpt.sweep import target_sweep
 from cmpt.profiles import Profile
 
-__all__ = ["CHOICES", "TRANSFER_SETTINGS", "choose_sources", "equal_step_epochs", "crossing_sentence", "crossings", "curves",
+__all__ = ["CHOICES", "choose_sources", "equal_step_epochs", "crossing_sentence", "crossings", "curves",
            "default_targets", "gain_over", "group_curves", "plan_runs", "run_scarcity", "subset_plan"]
 
-TRANSFER_SETTINGS = SOURCE_SETTINGS
 CHOICES = {"none": "no source", "val": "source chosen on validation",
            "oracle": "source chosen on test (ground truth; an oracle)"}
 _KEYS = ["target", "regime", "k", "fraction", "label", "n_train"]
@@ -151,8 +150,7 @@ def choose_sources(projection: pd.DataFrame) -> pd.DataFrame:
 
 def equal_step_epochs(profile: Profile, n_train: int, setting: str) -> int:
     """Epochs at which ``n_train`` images take as many optimiser steps as the full training set does."""
-    full = TargetConfig.of(profile, setting, profile.image_tasks[0], profile.seeds[0], source="_" if setting in
-                           SOURCE_SETTINGS else None).epochs
+    full = profile.head_epochs if get_setting(setting).head_only else profile.target_epochs
     per_epoch = lambda n: max(1, math.ceil(n / profile.batch_size))  # noqa: E731
     return max(1, math.ceil(full * per_epoch(profile.n_train) / per_epoch(int(n_train))))
 
@@ -177,7 +175,7 @@ def plan_runs(profile: Profile, plan: pd.DataFrame, settings: Sequence[str], sou
                 extra.update(selection="last", epochs=epochs, warmup=warmup_for(profile, epochs))
             if setting == "attention":
                 extra.update(concentrated=concentrated or default_concentrated(profile), scaled=scaled)
-            if setting in TRANSFER_SETTINGS:
+            if get_setting(setting).takes_source:
                 if sources is None:
                     raise ValueError(f"setting {setting!r} needs the chosen sources")
                 picks = [(choice, sources.loc[row.target, choice]) for choice in choices]
@@ -194,7 +192,8 @@ def run_scarcity(profile: Profile, runs: Sequence[tuple[dict[str, Any], TargetCo
     """Run what the store lacks (resumable; shared configs run once) and return the tidy table.
 
     One row per planned run: the meta columns (setting, choice, source, target, group, regime,
-    k, fraction, label, n_train, seed), test_acc, val_acc and the run's hash.
+    k, fraction, label, n_train, seed), test_acc, val_acc, last_train_acc, epochs, wall_time_s and the
+    run's hash (of the config with its chosen rate).
     """
     unique = list({config_hash(c): c for _, c in runs}.values())
     target_sweep(profile, unique, prompts=dict(prompts or {}), desc=desc)
@@ -202,8 +201,11 @@ def run_scarcity(profile: Profile, runs: Sequence[tuple[dict[str, Any], TargetCo
     resolved = resolve_rates(profile, [c for _, c in runs], store)
     rows = []
     for (meta, _), config in zip(runs, resolved):
-        final = store.get(config)["final"]
-        rows.append({**meta, "test_acc": final["test_acc"], "val_acc": final["val_acc"], "hash": config_hash(config)})
+        record = store.get(config)
+        final = record["final"]
+        rows.append({**meta, "test_acc": final["test_acc"], "val_acc": final["val_acc"],
+                     "last_train_acc": final.get("last_train_acc"), "epochs": config.epochs,
+                     "wall_time_s": record.get("wall_time_s"), "hash": config_hash(config)})
     return pd.DataFrame(rows)
 
 

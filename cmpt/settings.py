@@ -35,7 +35,7 @@ from cmpt.transfer import (AttentionPrompt, FixedPrompt, LearnedPrompt, NoPrompt
                            random_reference_prompt, vpt_init_)
 
 __all__ = ["HEAD_ONLY", "REGISTRY", "SAME_WIDTH_SETTINGS", "SETTINGS", "SOURCE_SETTINGS", "BuildInputs", "Setting",
-           "accepts_width", "get_setting", "make_prompt_source", "paper_search"]
+           "accepts_width", "get_setting", "make_prompt_source", "paper_search", "register"]
 
 
 @dataclass(frozen=True)
@@ -160,10 +160,19 @@ REGISTRY: dict[str, Setting] = {s.name: s for s in (
             paper_grid=("adam", (1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0005), _DECAYS)),
 )}
 
+#: the built-in settings (code that decides by a setting's kind reads its record, so registered ones count too)
 SETTINGS: tuple[str, ...] = tuple(REGISTRY)
 HEAD_ONLY: tuple[str, ...] = tuple(s.name for s in REGISTRY.values() if s.head_only)
 SOURCE_SETTINGS: tuple[str, ...] = tuple(s.name for s in REGISTRY.values() if s.takes_source)
 SAME_WIDTH_SETTINGS: tuple[str, ...] = tuple(s.name for s in REGISTRY.values() if s.same_width)
+
+
+def register(setting: Setting) -> Setting:
+    """Add ``setting`` to the registry: run configs, runs, model files and the recipe read it from there."""
+    if setting.name in REGISTRY:
+        raise InputError(f"setting {setting.name!r} is registered already")
+    REGISTRY[setting.name] = setting
+    return setting
 
 
 def get_setting(name: str) -> Setting:

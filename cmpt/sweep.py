@@ -315,7 +315,8 @@ def target_sweep(profile: Profile, configs: Iterable[TargetConfig], prompts: Map
     ``options`` (``retries``, ``on_error``, ``address``, ``num_cpus``, ``num_gpus``) go to
     :func:`run_sweep`. ``store`` defaults to the profile's (:meth:`ResultsStore.for_profile`).
     Configs whose rate is still to be chosen get it first (:func:`cmpt.calibration.resolve_rates`:
-    the calibration runs go through the same executor). The table's ``attrs["sweep"]`` counts what ran.
+    the calibration runs go through the same executor). The table's ``attrs["sweep"]`` counts what ran,
+    ``attrs["calibration"]`` what the rate choice ran (None when no rate was open).
     """
     store = store or ResultsStore.for_profile(profile)
     if executor == "local":
@@ -323,8 +324,13 @@ def target_sweep(profile: Profile, configs: Iterable[TargetConfig], prompts: Map
     else:
         fn = target_job(profile, store, prompts or {}, save_models=save_models)
 
+    reports = []
+
     def calibrate(calibration: list[TargetConfig]) -> None:
-        run_sweep(store, calibration, fn, executor=executor, desc=f"{desc}: choosing rates", **options)
+        done = run_sweep(store, calibration, fn, executor=executor, desc=f"{desc}: choosing rates", **options)
+        reports.append(done.attrs["sweep"])
 
     configs = resolve_rates(profile, configs, store, run=calibrate)
-    return run_sweep(store, configs, fn, executor=executor, desc=desc, **options)
+    table = run_sweep(store, configs, fn, executor=executor, desc=desc, **options)
+    table.attrs["calibration"] = reports[0] if reports else None
+    return table

@@ -90,6 +90,7 @@ def test_trained_models_come_back_from_the_store_with_their_accuracy(tmp_path, m
     data = runner.target("clevr_count")
     loaded = trained_models(SMOKE, configs, runner=runner)
     assert [run.trained_here for run in loaded] == [False, False]
+    configs = [run.config for run in loaded]  # the rates chosen on validation filled in
     for run in loaded:
         acc = evaluate(run.model, data.split("test"))["acc"]
         assert acc == pytest.approx(store.get(run.config)["final"]["test_acc"], abs=1e-9)

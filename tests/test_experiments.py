@@ -122,21 +122,40 @@ def test_source_prompts_start_from_their_own_tokens_and_record_how_far_they_move
         assert final["moved"] > 0 and final["moved"] == pytest.approx(bank[task].training["moved"])
 
 
-def test_spt_starts_from_prototypes_of_exactly_the_training_images_and_trains_prompt_and_head(results):
+def test_spt_starts_from_patch_embeddings_of_exactly_the_training_images_and_trains_prompt_and_head(results):
     from cmpt.runner import build_classifier
     from cmpt.spt import prototypes
 
     backbone = load_vision_backbone(SMOKE.vision_backbone, SMOKE.image_size)
     data = prepare_target("clevr_count", SMOKE, backbone)
     config = TargetConfig.of(SMOKE, "spt", "clevr_count", seed=5, lr=0.1)
-    tokens = data.split("train")[0]
-    model = build_classifier(config, backbone, data.task.num_classes, None, train_tokens=tokens)
-    expected = prototypes(tokens[:, 1:], SMOKE.prompt_length, "kmeans", seed=5)
-    assert torch.equal(model.prompt_source()["prompt"].detach(), expected)
+    patches = data.patch_embeddings("train")  # before the position embedding, as the SPT authors build it
+    tokens = data.split("train")[0]  # after it (embedding-layer output, CLS first)
+    assert patches.shape == (tokens.shape[0], tokens.shape[1] - 1, backbone.width)
+    assert not torch.allclose(patches, tokens[:, 1:])
+    model = build_classifier(config, backbone, data.task.num_classes, None, train_patches=patches)
+    prompt = model.prompt_source()["prompt"].detach()
+    assert torch.equal(prompt, prototypes(patches, SMOKE.prompt_length, "sample", seed=5))
+    flat = patches.reshape(-1, backbone.width)
+    assert all((flat == token).all(dim=1).any() for token in prompt)  # each token is one training patch
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"prompt_source.prompt", "head.weight", "head.bias"}
     record = run_target(config, backbone, data, None)
     assert 0.0 <= record["final"]["test_acc"] <= 1.0
+    assert record["final"]["prompt_moved"]["relative"] > 0  # the prompt trained
+
+
+def test_spt_kmeans_variant_starts_from_centres_of_the_embedded_training_tokens(results):
+    from cmpt.runner import build_classifier
+    from cmpt.spt import prototypes
+
+    backbone = load_vision_backbone(SMOKE.vision_backbone, SMOKE.image_size)
+    data = prepare_target("clevr_count", SMOKE, backbone)
+    config = TargetConfig.of(SMOKE, "spt_kmeans", "clevr_count", seed=5, lr=0.1)
+    tokens = data.split("train")[0]
+    model = build_classifier(config, backbone, data.task.num_classes, None, train_tokens=tokens)
+    expected = prototypes(tokens[:, 1:], SMOKE.prompt_length, "kmeans", seed=5)
+    assert torch.equal(model.prompt_source()["prompt"].detach(), expected)
 
 
 def test_text_linear_probe_is_sklearn_on_the_frozen_features_chosen_on_val():

@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cmpt.calibration import resolve_rates
 from cmpt.data import load_image_task
 from cmpt.runner import subset_indices
 from cmpt.profiles import get_profile
 from cmpt.results import ResultsStore
-from cmpt.scarcity import (choose_sources, crossing_sentence, crossings, default_targets, gain_over, plan_runs,
-                           run_scarcity, subset_plan)
+from cmpt.scarcity import (choose_sources, crossing_sentence, crossings, default_targets, equal_step_epochs, gain_over,
+                           plan_runs, run_scarcity, subset_plan)
 
 SMOKE = get_profile("smoke")
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +47,7 @@ def test_kshot_subsets_are_stratified_nested_and_skip_the_full_set():
 
 SUBSETS_SCRIPT = """
 import json, sys
+from cmpt.calibration import resolve_rates
 from cmpt.data import load_image_task
 from cmpt.runner import subset_indices
 from cmpt.profiles import get_profile
@@ -96,19 +98,24 @@ def test_interrupted_scarcity_sweep_resumes_without_redoing_runs(tmp_path, monke
         run_scarcity(SMOKE, runs)
     assert len(ResultsStore(tmp_path / "smoke").records()) == 3
     tidy = run_scarcity(SMOKE, runs)
-    assert len(calls) == 4 + 3  # the interrupted run and the two never started, nothing else
+    stored = len(ResultsStore(tmp_path / "smoke").records())
+    assert stored == 8 + 6 - 2  # calibration (2 rates x 2 targets x 2 settings) + planned - the shared full runs
+    assert len(calls) == 4 + stored - 3  # the interrupted run and those never started, nothing else
     assert len(tidy) == 6 and tidy.test_acc.between(0, 1).all()
     subset_rows = tidy[tidy.regime == "kshot"]
     assert (subset_rows.n_train == subset_rows.k * 8).all()  # 8 classes, >= 2 training images each
-    record = ResultsStore(tmp_path / "smoke").get(runs[0][1])
+    store = ResultsStore(tmp_path / "smoke")
+    record = store.get(resolve_rates(SMOKE, [runs[0][1]], store)[0])
     assert record["config"]["train_subset"] == {"kind": "kshot", "k": 1, "seed": 42}
     assert record["final"]["n_train"] == 8
-    # a subset run reports its last epoch and never evaluates the validation split; a full run selects on it
-    assert record["config"]["selection"] == "last" and record["final"]["best_epoch"] == SMOKE.head_epochs
-    assert all(row["val_acc"] is None for row in record["metrics_per_epoch"])
-    full = [c for meta, c in runs if meta["regime"] == "full"]
-    assert full and all(c.selection == "val" for c in full)
+    # a subset run takes as many optimiser steps as the full set (8 images: 1 step an epoch; 64: 2 an epoch)
+    # and reports its last epoch, validated once at the end
+    epochs = record["config"]["epochs"]
+    assert epochs == equal_step_epochs(SMOKE, 8, "linear") == 2 * SMOKE.head_epochs
+    assert record["config"]["selection"] == "last" and record["final"]["best_epoch"] == epochs
+    assert [row["val_acc"] is not None for row in record["metrics_per_epoch"]] == [False] * (epochs - 1) + [True]
     full = [c for m, c in runs if m["regime"] == "full"]
+    assert full and all(c.selection == SMOKE.selection for c in full)
     assert all("train_subset" not in c.as_config() for c in full)  # full-data configs keep their old keys (and hashes)
 
 

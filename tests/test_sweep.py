@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import torch
 
+from cmpt.calibration import resolve_rates
 from cmpt.cli import main
 from cmpt.experiments import source_bank
 from cmpt.profiles import get_profile
@@ -186,18 +187,23 @@ def test_cli_sweep_runs_the_grid_once(tmp_path, capsys):
     env["OMP_NUM_THREADS"] = "1"  # tiny models: one thread is fastest on a busy machine
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "3 runs: 3 ran, 0 already done, 0 failed" in first.stdout
+    # each setting's rate is chosen first: 2 rates x the profile's 2 targets at its first seed, from its
+    # first source; the grid's runs at the chosen rate on dsprites_loc from that source are among them
+    assert "8 calibration runs: 8 ran, 0 already done, 0 failed" in first.stdout
+    assert "3 runs: 1 ran, 2 already done, 0 failed" in first.stdout
     store = ResultsStore(tmp_path / "smoke")
     kinds = sorted(r["config"]["kind"] for r in store.records())
-    assert kinds == ["source_prompt"] * 2 + ["target"] * 3  # the bank first, then the grid
+    assert kinds == ["source_prompt"] * 2 + ["target"] * 9  # the bank first, then the rates, then the grid
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
+    assert "8 calibration runs: 0 ran, 8 already done" in second.stdout
     assert "3 runs: 0 ran, 3 already done, 0 failed" in second.stdout
     # the same store through Ray (a private instance on 127.0.0.1): only the new setting runs
     third = subprocess.run(command[:-2] + ["vpt", "--targets", "dsprites_loc", "--executor", "ray"], cwd=ROOT,
                            capture_output=True, text=True, env=env)
     assert third.returncode == 0, third.stderr[-3000:]
-    assert "4 runs: 1 ran, 3 already done, 0 failed" in third.stdout
+    assert "12 calibration runs: 4 ran, 8 already done, 0 failed" in third.stdout
+    assert "4 runs: 0 ran, 4 already done, 0 failed" in third.stdout  # vpt's run is its calibration run
     assert main(command[3:-5] + ["--settings", "nope"]) == 2
     assert "unknown setting 'nope'; valid: linear" in capsys.readouterr().err
 
@@ -216,8 +222,11 @@ def test_cli_checks_every_name_before_any_work_and_says_it_in_one_line(tmp_path,
 
 def test_cli_reports_a_corrupt_record_in_one_line(tmp_path, capsys):
     store = ResultsStore(tmp_path / "smoke")
-    config = setting_configs(SMOKE, "linear", ["dsprites_loc"])[0]
-    store.path(config).write_text("{not json")
+    from cmpt.calibration import calibration_configs
+
+    unresolved = setting_configs(SMOKE, "linear", ["dsprites_loc"])[0]
+    config = next(c for c in calibration_configs(SMOKE, "linear", unresolved.rates) if c.target == "dsprites_loc")
+    store.path(config).write_text("{not json")  # a calibration run: read before anything trains
     args = ["sweep", "--profile", "smoke", "--results", str(tmp_path), "--settings", "linear", "--targets",
             "dsprites_loc"]
     assert main(args) == 2
@@ -255,6 +264,7 @@ def test_ray_sweep_loses_nothing_to_a_killed_worker_and_matches_local(tmp_path, 
     configs += [c for s in ("projection", "attention") for c in setting_configs(SMOKE, s, SMOKE.image_tasks, list(bank))]
     local = ResultsStore.for_profile(SMOKE)
     target_sweep(SMOKE, configs, prompts=bank)
+    configs = resolve_rates(SMOKE, configs, local)  # the rates the local sweep chose: the same runs, through Ray
 
     store, log = ResultsStore(tmp_path / "ray" / "smoke"), tmp_path / "log"
     log.mkdir()

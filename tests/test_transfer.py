@@ -15,11 +15,13 @@ def vit():
     return load_vision_backbone("tiny-vit", 32)
 
 
-def _model(vit, setting, source_width=32, length=4):
+def _model(vit, setting, source_width=32, length=4, head_init="default"):
+    """A model whose head starts random, so every trainable part gets a gradient at the first step
+    (a zero head, the recipe's default, passes no gradient back until its first update)."""
     torch.manual_seed(0)
     source = torch.randn(length, source_width)
     src = make_prompt_source(setting, vit, length, source_prompt=source, concentrated=2, reference_norm=3.0)
-    return PromptedClassifier(vit, src, num_classes=3)
+    return PromptedClassifier(vit, src, num_classes=3, head_init=head_init)
 
 
 EXPECTED_TRAINABLE = {
@@ -95,3 +97,11 @@ def test_every_setting_learns_a_separable_task(vit, setting):
     cfg = TrainConfig(optimizer="adam", base_lr=0.3, batch_size=32, epochs=15, warmup_epochs=1, seed=0)
     result = fit(model, train, val, test, cfg)
     assert result.final["test_acc"] > 0.6, result.final  # chance is 1/3
+
+
+def test_a_zero_head_starts_every_setting_at_uniform_logits(vit):
+    model = _model(vit, "vpt", head_init="zero")
+    logits = model(torch.randn(5, 3, 32, 32))
+    assert torch.equal(logits, torch.zeros_like(logits))  # loss ln C whatever the features' scale
+    with pytest.raises(ValueError, match="unknown head initialisation .kaiming.; valid: zero, default"):
+        _model(vit, "vpt", head_init="kaiming")

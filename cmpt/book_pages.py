@@ -1,0 +1,231 @@
+"""What a reader sees of an executed chapter: folded code, the run box, and stub pages.
+
+The book runner (:mod:`cmpt.book`) applies these to its executed copies only; the source
+notebooks stay as their authors wrote them.
+
+* :func:`fold_code` puts the book in reading mode: every code cell's source is folded
+  (Jupyter Book tag ``hide-input``: one click shows it, the outputs stay in view) unless the
+  cell already carries a ``hide-*`` or ``remove-*`` tag of its own, and the notebook's
+  ``parameters`` cell leaves the page (its defaults are listed in the run box).
+* :func:`run_box` writes the "Re-run this chapter" box that :func:`insert_run_box` puts right
+  after the chapter's title cell: the ``cmpt book`` and papermill commands that re-run the
+  page, the chapter's parameters with their defaults and the values used, the execution time,
+  and where the executed copy lives.
+* :func:`stub_notebook` stands in for a chapter a partial build (``cmpt book --only X``) did
+  not execute, so the book's links to it still resolve.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AUTHOR_TAGS", "FOLD_TAG", "RUN_BOX_TITLE", "chapter_title", "fold_code", "insert_run_box", "is_stub",
+           "run_box", "stub_notebook"]
+
+#: the tag that folds a code cell's source on the page and keeps its outputs shown
+FOLD_TAG = "hide-input"
+#: tags by which a chapter's author already decided how a cell shows; such cells are left as they are
+AUTHOR_TAGS = frozenset({"hide-input", "hide-output", "hide-cell", "remove-input", "remove-output", "remove-cell"})
+RUN_BOX_TITLE = "Re-run this chapter"
+#: the metadata key the runner marks its own cells and notebooks with
+META_KEY = "cmpt"
+
+
+def _tags(cell: Any) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def fold_code(nb: Any) -> int:
+    """Reading mode, in place: fold the source of every code cell no tag already decides; returns how many.
+
+    The notebook's own ``parameters`` cell is removed from the page (``remove-cell``; its
+    defaults are in the run box). papermill's ``injected-parameters`` cell, which holds the
+    values the page was computed with, is folded like any other code cell.
+    """
+    folded = 0
+    for cell in nb.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        tags = _tags(cell)
+        if "parameters" in tags:
+            if "remove-cell" not in tags:
+                cell.setdefault("metadata", {})["tags"] = [*tags, "remove-cell"]
+            continue
+        if AUTHOR_TAGS.intersection(tags):
+            continue
+        cell.setdefault("metadata", {})["tags"] = [*tags, FOLD_TAG]
+        folded += 1
+    return folded
+
+
+def chapter_title(nb: Any, fallback: str) -> str:
+    """The text of the chapter's first level-1 heading (``# Title``), else ``fallback``."""
+    for cell in nb.cells:
+        if cell.get("cell_type") != "markdown":
+            continue
+        for line in str(cell.get("source", "")).splitlines():
+            if line.startswith("# "):
+                return line[2:].strip()
+    return fallback
+
+
+def _title_index(nb: Any) -> int:
+    """The index of the cell holding the chapter's title (its first ``# `` heading), or -1."""
+    for i, cell in enumerate(nb.cells):
+        if cell.get("cell_type") == "markdown" and any(
+                line.startswith("# ") for line in str(cell.get("source", "")).splitlines()):
+            return i
+    return -1
+
+
+def insert_run_box(nb: Any, text: str) -> None:
+    """Put the run box ``text`` right after the chapter's title cell (replacing an earlier box), in place."""
+    import nbformat
+
+    nb.cells = [c for c in nb.cells if not c.get("metadata", {}).get(META_KEY, {}).get("run_box")]
+    cell = nbformat.v4.new_markdown_cell(text, metadata={META_KEY: {"run_box": True}})
+    cell.pop("id", None)
+    if (nb.get("nbformat"), nb.get("nbformat_minor", 0)) >= (4, 5):  # cell ids exist from nbformat 4.5
+        cell["id"] = "cmpt-run-box"
+    nb.cells.insert(_title_index(nb) + 1, cell)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def cli_text(value: Any) -> str:
+    """``value`` as the VALUE of ``cmpt book -p NAME VALUE`` (which parses it as a Python literal)."""
+    if isinstance(value, str):
+        try:
+            ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value  # a bare word stays a string
+        return repr(value)
+    if isinstance(value, tuple):
+        value = list(value)
+    return repr(value)
+
+
+def _papermill_args(name: str, value: Any, profile_field: bool) -> list[str]:
+    """How plain papermill receives one parameter: ``-p`` (resolved), ``-r`` (raw text) or ``-y`` (YAML)."""
+    if profile_field:  # notebook_profile parses the text of a profile field itself
+        return ["-p", name, cli_text(value)]
+    if isinstance(value, str):
+        return ["-r", name, value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return ["-p", name, repr(value)]
+    plain = json.loads(json.dumps(value))  # tuples as lists
+    return ["-y", f"{name}: {json.dumps(plain)}"]
+
+
+def _shown(path: Path, root: Path) -> str:
+    """``path`` relative to the project root when inside it (the commands run there), else absolute."""
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _code(text: str) -> str:
+    text = _cell(text)
+    return f"``{text}``" if "`" in text else f"`{text}`"
+
+
+def run_box(*, root: Path, out: Path, entry: str, profile: str, given: Mapping[str, Any],
+            profile_fields: frozenset[str] | set[str], declared: Mapping[str, Mapping[str, Any]],
+            values: Mapping[str, Any], seconds: float, results: Path) -> str:
+    """The "Re-run this chapter" box (MyST Markdown) for the executed copy of chapter ``entry``.
+
+    ``given``: the ``-p`` overrides of this build that reach the chapter; ``declared``: the
+    chapter's own parameters as papermill inspects them (``default``, ``help``); ``values``:
+    what the runner injected for each; ``seconds``: how long papermill took; ``results``: the
+    results root the chapter read and wrote.
+    """
+    stem = Path(entry).name
+    source = Path(entry + ".ipynb")
+    only = ["cmpt", "book", "--profile", profile, "--only", stem]
+    for name, value in given.items():
+        only += ["-p", name, cli_text(value)]
+    if out != root:
+        only += ["--out", str(out)]
+    paper = ["papermill", str(source), f"/tmp/{stem}.ipynb", "--cwd", str(source.parent), "-p", "profile", profile]
+    for name, value in given.items():
+        paper += _papermill_args(name, value, name in profile_fields)
+    prefix = "" if out == root else f"CMPT_RESULTS={shlex.quote(str(results))} "
+    executed = _shown(out / "_build" / "executed" / source, root)
+    store = _shown(results / profile, root)
+    lines = [
+        f"````{{admonition}} {RUN_BOX_TITLE}",
+        ":class: tip",
+        "",
+        f"This page was executed at profile `{profile}` in {_duration(seconds)}. Every run it shows goes "
+        f"through the results store (`{store}/`): a stored run is read back, not retrained, so a re-run "
+        "trains only what is missing and takes seconds when nothing changed. From the project root:",
+        "",
+        "```bash",
+        "# this chapter alone, its page rebuilt",
+        shlex.join(only),
+        "# or plain papermill (the notebook itself, no page; -k python3 outside the cmpt kernel)",
+        prefix + shlex.join(paper),
+        "```",
+        "",
+    ]
+    if declared:
+        lines += [
+            "The chapter's own parameters (`-p NAME VALUE` in either command; any profile field too, "
+            "`cmpt profiles -v` lists them):",
+            "",
+            "| parameter | default | this page | what it sets |",
+            "|---|---|---|---|",
+        ]
+        for name, info in declared.items():
+            used = cli_text(values[name]) if name in values else str(info.get("default", ""))
+            lines.append(f"| {_code(name)} | {_code(str(info.get('default', '')))} | {_code(used)} "
+                         f"| {_cell(str(info.get('help') or '')) or '–'} |")
+        lines.append("")
+    else:
+        lines += ["This chapter has no parameters of its own; `-p NAME VALUE` sets any profile field "
+                  "(`cmpt profiles -v` lists them).", ""]
+    lines += [f"In JupyterLab (`make lab`), the executed copy of this page, outputs included, is "
+              f"`{executed}`.", "````"]
+    return "\n".join(lines)
+
+
+def stub_notebook(title: str, stem: str, command: str) -> Any:
+    """A one-cell notebook standing in for a chapter this build did not execute."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata[META_KEY] = {"stub": True}
+    nb.cells = [nbformat.v4.new_markdown_cell(
+        f"# {title}\n\n"
+        "```{admonition} Not built in this run\n:class: warning\n\n"
+        f"This chapter was not executed in this build of the book, so its page holds nothing yet. "
+        f"Build it with `{command}`.\n```\n")]
+    for cell in nb.cells:
+        cell["id"] = f"cmpt-stub-{stem}"[:64]
+    return nb
+
+
+def is_stub(path: Path) -> bool:
+    """Whether the notebook at ``path`` is a stub page written by :func:`stub_notebook`."""
+    try:
+        return bool(json.loads(Path(path).read_text()).get("metadata", {}).get(META_KEY, {}).get("stub"))
+    except (OSError, ValueError, AttributeError):
+        return False
