@@ -8,8 +8,18 @@ renders that copy into ``OUT/_build/html`` with warnings as errors.
 The built book reads offline, also from ``file://``: MathJax comes from an installed
 package and is copied into the book's ``_static`` (:func:`stage_mathjax`), and widgets are
 frozen into the static outputs they showed (:func:`freeze_widgets`), so no page loads
-anything from the network. In each executed copy the original ``parameters`` cell is folded
-and papermill's injected cell, which holds the values the page was computed with, is shown.
+anything from the network.
+
+Each executed copy is put in reading mode (:mod:`cmpt.book_pages`): code cells are folded with
+their outputs shown, unless a cell's own tags decide otherwise; the notebook's ``parameters``
+cell leaves the page and papermill's injected cell, which holds the values the page was
+computed with, is folded; and a "Re-run this chapter" box after the title gives the
+``cmpt book --only`` and papermill commands, the chapter's parameters, its execution time and
+where the executed copy lives. A build that executes only some chapters (``--only``) gives
+every chapter without an executed copy a stub page, so the book's links still resolve. A failed
+HTML build is reported as a few lines naming page, cell and problem; the whole log is kept in
+``OUT/_build/html-build.log``. ``cmpt book -p`` values are checked against what each name takes
+(:func:`parse_parameter`) before anything runs.
 
 Chapters call :func:`notebook_profile` in their first code cell: it turns the parameters
 into the chapter's :class:`~cmpt.profiles.Profile`, whether they came from this runner,
@@ -211,6 +221,7 @@ def plan_book(root: Path, out: Path, profile: str, overrides: dict[str, Any],
     """
     all_chapters = chapters(root)
     notebooks = [c for c in all_chapters if c.is_notebook]
+    overrides = {k: _plain(v) for k, v in overrides.items()}  # papermill would inject a tuple as its text
     profile_overrides = {k: v for k, v in overrides.items() if k in PROFILE_FIELDS}
     get_profile(profile, profile_overrides)  # raises ProfileError with the valid names
     declared = {c.entry: _notebook_parameters(c.source) for c in notebooks}
@@ -257,6 +268,15 @@ def plan_book(root: Path, out: Path, profile: str, overrides: dict[str, Any],
 
 
 # --------------------------------------------------------------------------- -p values, checked before any work
+
+def _plain(value: Any) -> Any:
+    """``value`` with every tuple a list (papermill writes a tuple into the notebook as a string)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
 
 def _hint_of(value: Any) -> Any:
     """A type hint for a chapter parameter's literal default (None: anything goes)."""
@@ -694,8 +714,12 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 #: a Sphinx or docutils problem: ``PATH[:LINE]: LEVEL: MESSAGE`` (the path may be missing)
 _PROBLEM = re.compile(r"^(?:(?P<path>.+?):(?:(?P<line>\d+):)?\s+)?(?P<level>WARNING|ERROR|SEVERE|CRITICAL):\s*"
                       r"(?P<message>.+)$")
-#: myst-nb numbers a notebook's lines as cell * 10000 + line in that cell
+#: the last line of a Python traceback: ``package.module.SomeError: what went wrong``
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|NotFound|Exit|Warning): \S")
+#: myst-nb numbers a notebook's lines as (cell index + 1) * 10000 + line in that cell
 _CELL_LINES = 10_000
+#: characters of one problem's message shown (a message can quote a whole cell)
+_MESSAGE_CHARS = 240
 #: problems a failed build lists before "and N more"
 SHOWN_PROBLEMS = 8
 
@@ -710,8 +734,8 @@ def _where(path: str, line: str | None, staging: Path) -> str:
         return shown
     number = int(line)
     if shown.endswith(".ipynb") and number >= _CELL_LINES:
-        cell, in_cell = divmod(number, _CELL_LINES)
-        return f"{shown}, cell {cell + 1}" + (f" line {in_cell}" if in_cell else "")
+        cell, in_cell = divmod(number, _CELL_LINES)  # cell counts from 1, as a reader counts
+        return f"{shown}, cell {cell}" + (f" line {in_cell}" if in_cell else "") + " of the executed copy"
     return f"{shown}, line {number}"
 
 
@@ -728,15 +752,28 @@ def build_problems(log: str, staging: Path) -> list[str]:
         if not match:
             continue
         where = _where(match["path"], match["line"], staging) if match["path"] else "the book"
-        problem = f"{where}: {match['level'].lower()}: {match['message'].strip()}"
+        message = match["message"].strip()
+        if len(message) > _MESSAGE_CHARS:
+            message = message[:_MESSAGE_CHARS].rstrip() + " …"
+        problem = f"{where}: {match['level'].lower()}: {message}"
         if problem not in seen:
             seen.add(problem)
             found.append(problem)
     if found:
         return found
-    errors = [line.strip() for line in lines if re.search(r"(Error|Exception)\b.*:|^Sphinx error", line.strip())]
+    errors = []  # a Python exception's last line, root cause first; Sphinx puts its message on the next line
+    for i, raw in enumerate(lines):
+        line = raw.strip()
+        if _EXCEPTION.match(line):
+            problem = line
+        elif line in ("Sphinx error:", "Extension error:", "Configuration error:") and i + 1 < len(lines):
+            problem = f"{line} {lines[i + 1].strip()}"
+        else:
+            continue
+        if problem not in errors:
+            errors.append(problem[:_MESSAGE_CHARS])
     if errors:
-        return errors[-3:]
+        return errors[:3]
     return [line.strip() for line in lines if line.strip()][-5:]
 
 

@@ -156,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--profile", default="default", help=f"one of: {', '.join(PROFILES)} (default: default)")
     book.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                       help="override a profile field or chapter parameter in every notebook (repeatable)")
-    book.add_argument("--only", action="append", metavar="CHAPTER", help="execute only this chapter (repeatable)")
+    book.add_argument("--only", action="append", metavar="CHAPTER",
+                      help="execute only this chapter (repeatable); the others keep their last executed page, "
+                           "or get a page saying how to build them")
     book.add_argument("--out", help="output folder: the HTML lands in OUT/_build/html, the executed notebooks in "
                                     "OUT/_build/executed, the runs in OUT/_build/results (default: the project root)")
     book.add_argument("--root", help="project root holding _toc.yml (default: found from the current folder)")

@@ -7,8 +7,8 @@ page (executed first) and the chapters (executed later, or alone) ask the result
 same runs and each run trains once.
 
 Seeds: comparisons between settings use every seed of the profile; projection transfer from
-*every* source runs on the first :data:`REPLICATES` seeds only (two independent replicates of
-the ground truth, enough for its noise ceiling), and from the source chosen for a target (best
+*every* source runs on the first ``Profile.truth_replicates`` seeds only (independent replicates
+of the ground truth; two give its noise ceiling), and from the source chosen for a target (best
 mean validation accuracy over those replicates) on every seed.
 
 A claim is a paired comparison: per (target, seed) the difference of two settings' test
@@ -40,13 +40,10 @@ from cmpt.stats import (Interval, NoiseCeiling, compare_settings, format_interva
                         paired_t_over_targets, per_target_correlation, seed_replicates, t_interval, verdict)
 from cmpt.sweep import target_sweep
 
-__all__ = ["CLAIMS", "REPLICATES", "Claim", "attention_configs", "better_of", "chosen_configs", "chosen_source",
+__all__ = ["CLAIMS", "Claim", "attention_configs", "better_of", "chosen_configs", "chosen_source",
            "claim_sentence", "claim_table", "compare_claim", "correlation_claim", "mean_over_sources", "norm_correlation",
            "projection_configs", "rank_sources", "ranking_claim", "scarcity_claim", "source_norms", "SourceRanking",
            "truth_seeds"]
-
-#: independent replicates of the transferability ground truth (disjoint seeds)
-REPLICATES = 2
 
 #: key -> (claim, comparison, chapter); the findings page's rows, in this order
 CLAIMS: dict[str, tuple[str, str, str]] = {
@@ -70,8 +67,8 @@ CLAIMS: dict[str, tuple[str, str, str]] = {
 
 
 def truth_seeds(profile: Profile) -> list[int]:
-    """The seeds of the ground-truth replicates: the profile's first :data:`REPLICATES` seeds."""
-    return list(profile.seeds[:REPLICATES])
+    """The seeds of the ground-truth replicates: the profile's first ``truth_replicates`` seeds."""
+    return list(profile.seeds[:profile.truth_replicates])
 
 
 def projection_configs(profile: Profile, sources: Sequence[str], targets: Sequence[str] | None = None
@@ -240,8 +237,9 @@ def rank_sources(profile: Profile, bank: Mapping[str, Prompt], mmd_passes: int =
                  stimulation_layers: int = 3) -> SourceRanking:
     """Run (or read) the ground truth, score every source for every target with each estimator.
 
-    The ground truth is projection-transfer accuracy on the :func:`truth_seeds`; its two seeds
-    are the two independent replicates of the noise ceiling (:func:`cmpt.stats.noise_ceiling`).
+    The ground truth is projection-transfer accuracy on the :func:`truth_seeds`; with two of them
+    they are the independent replicates of the noise ceiling (:func:`cmpt.stats.noise_ceiling`;
+    none with one).
     """
     targets = list(profile.image_tasks)
     projection = target_sweep(profile, projection_configs(profile, list(bank), targets), prompts=bank,

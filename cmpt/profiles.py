@@ -93,6 +93,9 @@ class Profile:
     warmup_fraction: float = 0.1
     query_init: str = "randn"
     calibrate: bool = False
+    #: independent replicates (the first seeds) of the transferability ground truth: projection
+    #: transfer of every source to every target; two give the ranking's noise ceiling
+    truth_replicates: int = 2
     device: str = "auto"
     description: str = ""
 
@@ -124,6 +127,9 @@ class Profile:
                 raise ProfileError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.seeds:
             raise ProfileError("seeds must name at least one seed")
+        if not 1 <= self.truth_replicates <= len(self.seeds):
+            raise ProfileError(f"truth_replicates must be between 1 and the number of seeds ({len(self.seeds)}), "
+                               f"got {self.truth_replicates}")
         if self.head_init not in ("zero", "default"):
             raise ProfileError(f"head_init must be 'zero' or 'default', got {self.head_init!r}")
         if self.schedule not in ("step", "epoch"):
@@ -207,6 +213,7 @@ SMOKE = Profile(
     head_epochs=4,
     batch_size=32,
     seeds=(42,),
+    truth_replicates=1,
     selection="last",
     head_lr=0.4,
     head_init="zero",
@@ -247,6 +254,9 @@ DEFAULT = Profile(
     head_epochs=20,
     batch_size=32,
     seeds=(42, 44, 100),
+    # the ranking's ground truth on one seed: with 3 targets claim (f) cannot be decided either way,
+    # and a second replicate (its noise ceiling) would cost 24 more prompt-trained runs
+    truth_replicates=1,
     selection="last",  # 40 validation images choose the rate, not the epoch (cmpt.calibration)
     head_lr=0.05,
     head_init="zero",

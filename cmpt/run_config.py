@@ -227,9 +227,9 @@ def setting_grid(profile: Profile, settings: Sequence[str] | None = None, target
                  sources: Sequence[str] | None = None, seeds: Sequence[int] | None = None) -> list[TargetConfig]:
     """The target-side grid: settings x targets x seeds, times sources for the settings that take one.
 
-    Defaults: every setting with a recipe, the profile's image tasks, its source tasks and seeds.
+    Defaults: every setting but the named variants, the profile's image tasks, its source tasks and seeds.
     """
-    settings = list(settings or REGISTRY)
+    settings = list(settings or [name for name, s in REGISTRY.items() if s.variant_of is None])
     targets = list(targets or profile.image_tasks)
     sources = list(sources or profile.text_tasks)
     return [c for s in settings

@@ -34,7 +34,7 @@ from cmpt.prompts import check_width
 from cmpt.transfer import (AttentionPrompt, FixedPrompt, LearnedPrompt, NoPrompt, ProjectedPrompt, PromptSource,
                            random_reference_prompt, vpt_init_)
 
-__all__ = ["HEAD_ONLY", "REGISTRY", "SAME_WIDTH_SETTINGS", "SETTINGS", "SOURCE_SETTINGS", "BuildInputs", "Setting",
+__all__ = ["HEAD_ONLY", "MAIN_SETTINGS", "REGISTRY", "SAME_WIDTH_SETTINGS", "SETTINGS", "SOURCE_SETTINGS", "BuildInputs", "Setting",
            "accepts_width", "get_setting", "make_prompt_source", "paper_search", "register"]
 
 
@@ -86,6 +86,8 @@ class Setting:
     paper_grid: tuple[str, tuple[float, ...], tuple[float, ...]] | None = None
     #: needs the target's own training tokens to start (SPT)
     needs_train_tokens: bool = False
+    #: the setting this one is a named variant of (run on request, not in the default grids)
+    variant_of: str | None = None
 
     def __post_init__(self) -> None:
         if not self.rates:
@@ -139,7 +141,7 @@ REGISTRY: dict[str, Setting] = {s.name: s for s in (
             rates=_PROMPT_RATES, paper_grid=_SGD_GRID, needs_train_tokens=True),
     Setting("spt_kmeans", "SPT (k-means)", "k-means centres of the target's embedded training patch tokens "
             "(after the position embedding)", "prompt, head", lambda i: _spt(i, "kmeans"),
-            rates=_PROMPT_RATES, paper_grid=_SGD_GRID, needs_train_tokens=True),
+            rates=_PROMPT_RATES, paper_grid=_SGD_GRID, needs_train_tokens=True, variant_of="spt"),
     Setting("frozen", "frozen transfer", "the source prompt as it is", "head", _frozen, takes_source=True,
             head_only=True, same_width=True, rates=_HEAD_RATES, paper_grid=_SGD_GRID),
     Setting("random", "random prompt", "a frozen Gaussian prompt whose tokens have the source bank's mean norm",
@@ -162,6 +164,8 @@ REGISTRY: dict[str, Setting] = {s.name: s for s in (
 
 #: the built-in settings (code that decides by a setting's kind reads its record, so registered ones count too)
 SETTINGS: tuple[str, ...] = tuple(REGISTRY)
+#: the settings of the default grids (no named variants)
+MAIN_SETTINGS: tuple[str, ...] = tuple(s.name for s in REGISTRY.values() if s.variant_of is None)
 HEAD_ONLY: tuple[str, ...] = tuple(s.name for s in REGISTRY.values() if s.head_only)
 SOURCE_SETTINGS: tuple[str, ...] = tuple(s.name for s in REGISTRY.values() if s.takes_source)
 SAME_WIDTH_SETTINGS: tuple[str, ...] = tuple(s.name for s in REGISTRY.values() if s.same_width)

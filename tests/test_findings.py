@@ -107,8 +107,9 @@ def test_claim_table_and_sentence_name_every_part():
 
 def test_plans_share_configs_with_the_chapters():
     sources = list(DEFAULT.text_tasks)
-    assert truth_seeds(DEFAULT) == list(DEFAULT.seeds[:2])
-    truth = projection_configs(DEFAULT, sources)
+    assert truth_seeds(DEFAULT) == list(DEFAULT.seeds[:DEFAULT.truth_replicates])
+    assert truth_seeds(DEFAULT.replace(truth_replicates=2)) == list(DEFAULT.seeds[:2])
+    truth = projection_configs(DEFAULT.replace(truth_replicates=2), sources)
     assert len(truth) == len(sources) * len(DEFAULT.image_tasks) * 2 and {c.seed for c in truth} == set(DEFAULT.seeds[:2])
     projection = pd.DataFrame([{"target": c.target, "source": c.source, "seed": c.seed,
                                 "val_acc": 0.9 if c.source == sources[1] else 0.5, "test_acc": 0.5} for c in truth])
