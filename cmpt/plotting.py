@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["COLUMN_PX", "FIGURE_DPI", "FIGURE_SIZE", "RASTER_ABOVE", "RASTER_DPI", "TEXT_WIDTH", "figure_svg",
+__all__ = ["COLUMN_PX", "FIGURE_DPI", "FIGURE_SIZE", "RASTER_ABOVE", "RASTER_DPI", "SVG_BUDGET", "TEXT_WIDTH",
+           "figure_svg",
            "interval_bars", "markdown_table", "markdown_text", "max_figure_width", "print_wrapped", "use_book_style"]
 
 #: the width, in CSS pixels, of the HTML book's output column at a usual window size
@@ -36,6 +37,9 @@ FIGURE_SIZE = (8.0, 4.0)
 RASTER_DPI = 200
 #: an artist drawing more elements than this (markers, mesh cells, line vertices / 10) is rasterised in the SVG
 RASTER_ABOVE = 1000
+#: bytes an SVG figure may take before its pixel parts (images, rasterised artists) are drawn at a lower
+#: resolution: 2 px per CSS px, then 1 (a photo shown large is most of a figure's bytes)
+SVG_BUDGET = 400_000
 
 
 def max_figure_width() -> float:
@@ -90,7 +94,11 @@ def _elements(artist: Any) -> int:
 def figure_svg(fig: Any) -> str | None:
     """``fig`` as the SVG the book shows: sized at :data:`FIGURE_DPI` px per inch, dense artists rasterised.
 
-    The inline formatter of :func:`use_book_style`; None for a figure with nothing drawn.
+    Text and lines stay vectors; an artist with more than :data:`RASTER_ABOVE` elements is drawn
+    as pixels at :data:`RASTER_DPI`, like the figure's images. Where that would make the file
+    larger than :data:`SVG_BUDGET`, the pixel parts are drawn at 2 and then 1 pixel per CSS
+    pixel instead. The inline formatter of :func:`use_book_style`; None for a figure with
+    nothing drawn.
     """
     from IPython.core.pylabtools import print_figure
 
@@ -98,11 +106,14 @@ def figure_svg(fig: Any) -> str | None:
         for artist in [*ax.collections, *ax.lines]:
             if _elements(artist) > RASTER_ABOVE:
                 artist.set_rasterized(True)
-    svg = print_figure(fig, "svg", bbox_inches="tight", dpi=RASTER_DPI, metadata={"Date": None})
-    if svg is None:
-        return None
-    if isinstance(svg, bytes):
-        svg = svg.decode("utf-8")
+    for dpi in (RASTER_DPI, 2 * FIGURE_DPI, FIGURE_DPI):
+        svg = print_figure(fig, "svg", bbox_inches="tight", dpi=dpi, metadata={"Date": None})
+        if svg is None:
+            return None
+        if isinstance(svg, bytes):
+            svg = svg.decode("utf-8")
+        if len(svg) <= SVG_BUDGET:
+            break
 
     def px(match: Any) -> str:  # matplotlib sizes the SVG in points (72 per inch); the page wants CSS px
         return f'{match[1]}="{float(match[2]) * FIGURE_DPI / 72:.1f}px"'

@@ -99,6 +99,11 @@ class Prompt:
     def width(self) -> int:
         return int(self.tensor.shape[1])
 
+    @property
+    def norm(self) -> float:
+        """The mean L2 norm of its tokens (the paper's "prompt norm")."""
+        return float(self.tensor.float().norm(dim=-1).mean())
+
     def metadata(self) -> dict[str, Any]:
         meta = {k: v for k, v in asdict(self).items() if k != "tensor"}
         meta.update(length=self.length, width=self.width, format_version=FORMAT_VERSION)

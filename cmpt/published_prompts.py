@@ -63,7 +63,7 @@ def su2022_prompts(tasks: Sequence[str] | None = None) -> dict[str, Prompt]:
 
 def su2022_norms(tasks: Sequence[str] | None = None) -> dict[str, float]:
     """Mean token L2 norm of each published prompt (same order as :func:`su2022_prompts`)."""
-    return {task: float(p.tensor.norm(dim=1).mean()) for task, p in su2022_prompts(tasks).items()}
+    return {task: p.norm for task, p in su2022_prompts(tasks).items()}
 
 
 def convert_su2022(source: str | Path, out: str | Path) -> list[Path]:

@@ -153,7 +153,7 @@ def run_target(config: TargetConfig, backbone: PromptedViT, data: TargetData, so
 
 def reference_norm(prompts: Mapping[str, Prompt]) -> float:
     """Mean token norm over a bank of prompts: the random reference prompt's norm (1 if none)."""
-    norms = [p.tensor.norm(dim=1).mean().item() for p in prompts.values()]
+    norms = [p.norm for p in prompts.values()]
     return sum(norms) / len(norms) if norms else 1.0
 
 

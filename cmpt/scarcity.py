@@ -204,6 +204,7 @@ def run_scarcity(profile: Profile, runs: Sequence[tuple[dict[str, Any], TargetCo
         record = store.get(config)
         final = record["final"]
         rows.append({**meta, "test_acc": final["test_acc"], "val_acc": final["val_acc"],
+                     "test_correct": final.get("test_correct"), "test_n": final.get("test_n"),
                      "last_train_acc": final.get("last_train_acc"), "epochs": config.epochs,
                      "wall_time_s": record.get("wall_time_s"), "hash": config_hash(config)})
     return pd.DataFrame(rows)

@@ -13,8 +13,9 @@ sentence can quote it. With a single value there is no interval: the bounds are 
 exception), the estimate is still the value, and :func:`verdict` calls it inconclusive.
 
 Comparisons of two settings are *paired*: the same target, seed, training subset and test
-images on both sides, so shared noise cancels (:func:`paired_t`, :func:`paired_bootstrap`,
-:func:`paired_t_over_targets`, or :func:`compare_settings` on a tidy table, which picks one).
+images on both sides, so shared noise cancels (:func:`paired_t`, :func:`paired_bootstrap`). The
+book's comparisons of settings, with the target as the unit, are :mod:`cmpt.verdicts` and
+:mod:`cmpt.claims`.
 
 For transferability estimators, :func:`per_target_correlation` gives Kendall's tau (or
 Spearman's rho) per target, :func:`correlation_interval` a bootstrap over targets for their
@@ -37,9 +38,9 @@ from scipy import stats
 from cmpt.errors import InputError, check_names
 
 __all__ = ["VERDICTS", "VERDICT_WORDS", "BOOTSTRAP_METHODS", "CORRELATIONS", "LEVEL", "N_RESAMPLES", "Interval", "NoiseCeiling",
-           "bootstrap_interval", "compare_settings", "describe_difference", "correlation_interval", "decode_correct", "encode_correct",
+           "bootstrap_interval", "correlation_interval", "decode_correct", "encode_correct",
            "format_interval", "interval_table", "noise_ceiling", "paired_bootstrap", "paired_t",
-           "paired_t_over_targets", "per_target_correlation", "rank_correlation", "seed_replicates",
+           "per_target_correlation", "rank_correlation", "seed_replicates",
            "t_bounds", "t_interval", "verdict"]
 
 LEVEL = 0.95
@@ -198,40 +199,10 @@ def paired_bootstrap(correct_a: Sequence[float] | np.ndarray, correct_b: Sequenc
     return _bootstrap(x - y, _check_level(level), n_resamples, seed, method, label)
 
 
-def paired_t_over_targets(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
-                          targets: Sequence[Any], level: float = LEVEL, over: str = "pairs") -> Interval:
-    """Mean paired difference over several targets x seeds, with a t interval.
-
-    ``over="pairs"`` (default): the mean over all (target, seed) differences and a t interval
-    over those pairs. This treats every pair as an independent draw from one distribution of
-    differences. Pairs on the same target share its test set and its difficulty, so when the
-    effect differs between targets they are correlated and the interval is too narrow for a
-    claim about targets in general; it is a statement about these targets, with seeds and
-    targets pooled as replicates.
-
-    ``over="targets"``: average each target's differences over its seeds first, then a t
-    interval over the per-target means. That assumes only that targets are independent of
-    each other, and is the wider, more conservative choice when there are few targets.
-    """
-    x, y = _pair(a, b)
-    level = _check_level(level)
-    groups = np.asarray(list(targets), dtype=object)
-    if len(groups) != len(x):
-        raise InputError(f"need one target per pair, got {len(groups)} targets for {len(x)} pairs")
-    check_names("over", over, ("pairs", "targets"))
-    diffs = pd.Series(x - y).groupby(groups, sort=False)
-    n_targets = diffs.ngroups
-    if over == "pairs":
-        return _t(x - y, level, f"paired t over {_plural(len(x), 'target-seed pair')} "
-                                f"({_plural(n_targets, 'target')})")
-    means = diffs.mean().to_numpy()
-    return _t(means, level, f"paired t over {_plural(n_targets, 'target')} (per-target means of "
-                            f"{_plural(len(x), 'pair')})")
 
 
 #: what :func:`verdict` can say
 VERDICTS = ("supported", "contradicted", "inconclusive")
-
 
 def verdict(interval: Interval, direction: int = +1) -> str:
     """``"supported"`` when the whole interval lies on the claimed side of zero, ``"contradicted"``
@@ -364,53 +335,6 @@ def interval_table(table: pd.DataFrame, by: str | Sequence[str] = ("setting", "t
     return pd.DataFrame(rows)
 
 
-def compare_settings(table: pd.DataFrame, a: Any, b: Any, by: str = "setting", metric: str = "test_acc",
-                     pair_on: str | Sequence[str] = ("target", "seed"), correct: str | None = None,
-                     count: str | None = None, level: float = LEVEL, n_resamples: int = N_RESAMPLES,
-                     seed: int = 0, method: str = "percentile", over: str = "pairs") -> Interval:
-    """Paired difference ``a - b`` of two values of column ``by`` (e.g. two settings) in a tidy table.
-
-    Runs are paired on ``pair_on`` (add the training-subset column where there is one); pairs
-    missing on either side are left out, with a warning. Then:
-
-    * several targets: :func:`paired_t_over_targets` (``over`` as there);
-    * one target, several pairs: :func:`paired_t` over them;
-    * one pair: :func:`paired_bootstrap` over test images when ``correct`` (and ``count``, for
-      packed bits) give both runs' per-example correctness, else NaN bounds.
-    """
-    keys = _as_list(pair_on)
-    _require(table, [by, metric, *keys, correct, count])
-    sides = []
-    for name in (a, b):
-        side = table[table[by] == name]
-        if side.empty:
-            raise InputError(f"no runs with {by} == {name!r}")
-        duplicated = side.duplicated(keys, keep=False)
-        if duplicated.any():
-            first = side.loc[duplicated, keys].iloc[0].tolist()
-            raise InputError(f"{by} == {name!r} has several runs for {dict(zip(keys, first))}; "
-                             f"add the column that tells them apart to pair_on")
-        sides.append(side.set_index(keys))
-    left, right = sides
-    shared = left.index.intersection(right.index, sort=False)
-    if len(shared) == 0:
-        raise InputError(f"{by} == {a!r} and {by} == {b!r} have no run in common on {', '.join(keys)}")
-    unpaired = len(left) + len(right) - 2 * len(shared)
-    if unpaired:
-        warnings.warn(f"{unpaired} run(s) of {a!r} / {b!r} have no partner on {', '.join(keys)} and are left out",
-                      stacklevel=2)
-    left, right = left.loc[shared], right.loc[shared]
-    x, y = left[metric].to_numpy(dtype=float), right[metric].to_numpy(dtype=float)
-    pairs = left.index.to_frame(index=False)
-    if "target" in keys and pairs["target"].nunique() > 1:
-        return paired_t_over_targets(x, y, pairs["target"].tolist(), level, over)
-    if len(shared) > 1:
-        varying = [k for k in keys if pairs[k].nunique() > 1]
-        return paired_t(x, y, level, unit="seed" if varying == ["seed"] else "pair")
-    bits = [_correct_of(side.iloc[0], correct, count) for side in (left, right)]
-    if bits[0] is not None and bits[1] is not None:
-        return paired_bootstrap(bits[0], bits[1], level, n_resamples, seed, method)
-    return paired_t(x, y, level)
 
 
 def format_interval(interval: Interval, digits: int = 3, scale: float = 1.0) -> str:
@@ -520,11 +444,6 @@ VERDICT_WORDS = {"supported": "higher, beyond the noise", "contradicted": "lower
                  "inconclusive": "within the noise (the interval includes zero)"}
 
 
-def describe_difference(label: str, interval: Interval, digits: int = 3) -> str:
-    """One sentence on a paired difference: ``"SPT - VPT: +0.012 [-0.010, 0.034] (paired t over ...): within the noise ..."``."""
-    est = f"{interval.estimate:+.{digits}f}"
-    bounds = f"[{interval.low:+.{digits}f}, {interval.high:+.{digits}f}]" if interval.defined else "[no interval]"
-    return f"{label}: {est} {bounds} ({interval.method}): {VERDICT_WORDS[verdict(interval)]}."
 
 
 def t_bounds(values: Sequence[float] | np.ndarray, level: float = LEVEL) -> tuple[float, float]:

@@ -221,12 +221,16 @@ def test_bibliography_lists_every_entry_and_the_glossary_its_terms(partial_book)
     out, proc = partial_book
     assert proc.returncode == 0, proc.stderr[-3000:]
     page = _page(out, "book/bibliography")
-    entries = re.findall(r'<li id="id\d+"><p>', page)
+    entries = re.findall(r'<div class="citation" id="id\d+"', page)
     assert len(entries) >= 10, "the bibliography lists too few entries"
     text = _text(page)
     for title in ("Release the powers of prompt tuning", "Visual prompt tuning", "A kernel two-sample test",
                   "A simple sequentially rejective multiple test procedure", "Roberta"):
         assert title.lower() in text.lower(), title
+    # a chapter's citation links to its entry: (Jia et al., 2022) on the baselines page
+    cited = re.search(r'\(<a class="reference internal" href="bibliography\.html#id\d+" title="([^"]+)"', _page(out,
+                      f"book/{CHAPTER}"))
+    assert cited and "Visual prompt tuning" in cited[1], "the chapter's citations do not link to the bibliography"
     bib = (ROOT / "book" / "references.bib").read_text()
     assert all(f"{{{key}," in bib for key in BIB_KEYS)
     glossary = _page(out, "book/glossary")

@@ -6,9 +6,9 @@ import pytest
 from scipy import stats as sps
 
 from cmpt.errors import InputError, UnknownNameError
-from cmpt.stats import (Interval, bootstrap_interval, compare_settings, correlation_interval, decode_correct,
+from cmpt.stats import (Interval, bootstrap_interval, correlation_interval, decode_correct,
                         encode_correct, format_interval, interval_table, noise_ceiling, paired_bootstrap, paired_t,
-                        paired_t_over_targets, per_target_correlation, rank_correlation, seed_replicates,
+                        per_target_correlation, rank_correlation, seed_replicates,
                         t_interval, verdict)
 
 
@@ -88,19 +88,6 @@ def test_paired_bootstrap_over_images():
     assert bootstrap_interval(b, n_resamples=2000).high > bootstrap_interval(a, n_resamples=2000).low
 
 
-def test_paired_t_over_targets_pairs_and_target_means():
-    a = np.array([0.6, 0.62, 0.8, 0.81, 0.5, 0.56])
-    b = np.array([0.58, 0.61, 0.77, 0.80, 0.47, 0.50])
-    targets = ["x", "x", "y", "y", "z", "z"]
-    pooled = paired_t_over_targets(a, b, targets)
-    assert (pooled.low, pooled.high) == pytest.approx(tuple(sps.ttest_rel(a, b).confidence_interval()))
-    assert pooled.n == 6 and pooled.method == "paired t over 6 target-seed pairs (3 targets)"
-    by_target = paired_t_over_targets(a, b, targets, over="targets")
-    means = np.array([0.015, 0.02, 0.045])
-    assert by_target.n == 3 and by_target.estimate == pytest.approx(means.mean())
-    assert (by_target.low, by_target.high) == pytest.approx(tuple(sps.ttest_1samp(means, 0).confidence_interval()))
-    with pytest.raises(InputError, match="one target per pair"):
-        paired_t_over_targets(a, b, targets[:-1])
 
 
 @pytest.mark.parametrize("low, high, expected", [(0.01, 0.03, ("supported", "contradicted")),
@@ -177,34 +164,6 @@ def test_interval_table_t_over_seeds_and_bootstrap_for_one_seed():
         interval_table(runs, metric="acc")
 
 
-def test_compare_settings_picks_the_paired_interval():
-    runs = _runs()
-    a = runs[runs.setting == "projection"]["test_acc"].to_numpy()
-    b = runs[runs.setting == "vpt"]["test_acc"].to_numpy()
-    pooled = compare_settings(runs, "projection", "vpt")
-    assert pooled == paired_t_over_targets(a, b, runs[runs.setting == "vpt"]["target"].tolist())
-    assert verdict(pooled) == "supported"
-    one_target = compare_settings(runs[runs.target == "dtd"], "projection", "vpt")
-    assert one_target.method == "paired t over 3 seeds"
-    assert one_target == paired_t(a[3:], b[3:])
-
-    rng = np.random.default_rng(5)
-    bits_a = rng.random(500) < 0.7
-    bits_b = bits_a & (rng.random(500) < 0.9)
-    single = pd.DataFrame([{"setting": s, "target": "dtd", "seed": 0, "test_acc": bits.mean(),
-                            "test_correct": encode_correct(bits), "test_n": 500}
-                           for s, bits in (("a", bits_a), ("b", bits_b))])
-    iv = compare_settings(single, "a", "b", correct="test_correct", count="test_n", n_resamples=1000)
-    assert iv == paired_bootstrap(bits_a, bits_b, n_resamples=1000)
-    assert not compare_settings(single, "a", "b").defined  # one pair, no bits: no interval
-
-    with pytest.warns(UserWarning, match="no partner"):
-        partial = compare_settings(runs.drop(index=0), "projection", "vpt")
-    assert partial.n == 5
-    with pytest.raises(InputError, match="several runs"):
-        compare_settings(runs, "projection", "vpt", pair_on="target")
-    with pytest.raises(InputError, match="no runs with setting == 'spt'"):
-        compare_settings(runs, "spt", "vpt")
 
 
 def test_rank_correlations_match_scipy():
