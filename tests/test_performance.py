@@ -257,7 +257,11 @@ def test_counted_flops_match_the_formula(vit):
 
 
 def _counted(calls: dict[str, int], name: str, pause: float = 0.0):
-    """A benchmark step that counts its calls in ``calls[name]`` and takes ``pause`` seconds."""
+    """A benchmark step that counts its calls in ``calls[name]`` and takes ``pause`` seconds.
+
+    Steps compared for slowness take a few milliseconds, not none: a step of microseconds reads as
+    several times slower than another after one scheduler hiccup on a loaded machine.
+    """
     import time
 
     calls.setdefault(name, 0)
@@ -272,7 +276,7 @@ def test_a_variant_far_slower_than_the_rest_is_timed_once():
     from cmpt.perf import _alternate
 
     calls: dict[str, int] = {}
-    steps = {"fast": _counted(calls, "fast"), "slow": _counted(calls, "slow", 0.05)}
+    steps = {"fast": _counted(calls, "fast", 0.002), "slow": _counted(calls, "slow", 0.05)}
     bc = BenchConfig(steps=3, rounds=2, warmup=2, slow_cap=4.0)
     rates = _alternate(steps, {"fast": 1, "slow": 1}, bc, torch.device("cpu"), "test")
     assert calls["slow"] == 1 and len(rates["slow"]) == 1 and rates["slow"][0] < 21  # one timed call, ~20/s
@@ -283,16 +287,16 @@ def test_a_variant_of_a_slow_step_is_not_run_and_calls_per_round_are_honoured():
     from cmpt.perf import _alternate
 
     calls: dict[str, int] = {}
-    steps = {"fast": _counted(calls, "fast"), "big": _counted(calls, "big"), "slow": _counted(calls, "slow", 0.05),
-             "slow, varied": _counted(calls, "slow, varied")}
+    steps = {"fast": _counted(calls, "fast", 0.002), "big": _counted(calls, "big", 0.002),
+             "slow": _counted(calls, "slow", 0.05), "slow, varied": _counted(calls, "slow, varied")}
     bc = BenchConfig(steps=4, rounds=2, warmup=1, slow_cap=4.0)
     rates = _alternate(steps, dict.fromkeys(steps, 1), bc, torch.device("cpu"), "test", calls={"big": 1},
                        after={"slow, varied": "slow"})
     assert calls["slow, varied"] == 0 and "slow, varied" not in rates  # its base was slow: never run
     assert calls["big"] == 1 + bc.rounds * 1 and calls["fast"] == 1 + bc.rounds * bc.steps
     # the variant of a step that was not slow runs as usual
-    rates = _alternate({"fast": steps["fast"], "fast, varied": _counted(calls, "fast, varied")}, {"fast": 1, "fast, varied": 1},
-                       bc, torch.device("cpu"), "test", after={"fast, varied": "fast"})
+    pair = {"fast": steps["fast"], "fast, varied": _counted(calls, "fast, varied", 0.002)}
+    rates = _alternate(pair, dict.fromkeys(pair, 1), bc, torch.device("cpu"), "test", after={"fast, varied": "fast"})
     assert len(rates["fast, varied"]) == bc.rounds
 
 

@@ -112,3 +112,14 @@ def test_permutation_correlation_holds_its_level_and_finds_a_strong_relation():
     strong = permutation_correlation(*_correlated(rng, 5.0), seed=1)
     assert strong.p < 0.01 and strong.estimate > 0.7 and strong.low <= strong.estimate <= strong.high
     assert strong.n_permutations == 40320  # 8 sources: every permutation
+
+
+def test_the_interval_for_targets_like_these_covers_the_mean_of_the_population():
+    """Target effects drawn with a 3-point spread around 0: the t over targets covers the population mean."""
+    rng = np.random.default_rng(9)
+    covered, n = 0, 2000
+    for _ in range(n):
+        effects = rng.normal(0.0, 0.03, TARGETS)
+        general = targets_in_general(per_target_from_vectors(_simulated_claim(rng, effects, image_sd=0.1)))
+        covered += general.low <= 0.0 <= general.high
+    assert covered / n >= 0.93, f"covered the population mean {covered / n:.3f} of the time"
