@@ -25,11 +25,20 @@ from pathlib import Path
 from cmpt.atomic import partial_path, write_atomic
 from cmpt.errors import InputError
 
-__all__ = ["AssetError", "archive_member", "cache_dir", "distribution", "package_file", "package_tree"]
+__all__ = ["AssetError", "archive_member", "cache_dir", "checkout_root", "distribution", "package_file", "package_tree"]
 
 
 class AssetError(InputError):
     """An input (weights, data) could not be found or fetched."""
+
+
+def checkout_root(start: Path) -> Path | None:
+    """The cmpt checkout holding ``start``: the first folder upwards with ``_toc.yml``, ``_config.yml`` and
+    the ``cmpt`` package; None outside one. The book runner and the results store both find it here."""
+    for folder in (start, *start.parents):
+        if all((folder / name).is_file() for name in ("_toc.yml", "_config.yml", "cmpt/__init__.py")):
+            return folder
+    return None
 
 
 def cache_dir() -> Path:

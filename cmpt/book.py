@@ -51,6 +51,7 @@ from typing import Any
 
 import yaml
 
+from cmpt.assets import checkout_root
 from cmpt.atomic import write_atomic
 from cmpt.book_pages import chapter_title, cli_text, fold_code, insert_run_box, is_stub, run_box, stub_notebook
 from cmpt.errors import CmptError
@@ -130,11 +131,10 @@ class BookPlan:
 
 
 def find_root(start: Path | None = None) -> Path:
-    """The project root: the first folder upwards holding ``_toc.yml`` (cwd, then the package's)."""
+    """The project root: the checkout holding ``start`` (default: the current folder), else the package's."""
     for base in (start or Path.cwd(), PACKAGE_DIR.parent):
-        for folder in (base, *base.parents):
-            if (folder / "_toc.yml").exists() and (folder / "_config.yml").exists():
-                return folder
+        if (found := checkout_root(base.resolve())) is not None:
+            return found
     raise BookError("no _toc.yml/_config.yml found above the current folder; run from the cmpt checkout")
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 __all__ = ["COLUMN_PX", "FIGURE_DPI", "FIGURE_SIZE", "RASTER_ABOVE", "RASTER_DPI", "SVG_BUDGET", "TEXT_WIDTH",
            "figure_svg",
-           "interval_bars", "markdown_table", "markdown_text", "max_figure_width", "print_wrapped", "use_book_style"]
+           "interval_bars", "markdown_table", "markdown_text", "print_wrapped", "use_book_style"]
 
 #: the width, in CSS pixels, of the HTML book's output column at a usual window size
 COLUMN_PX = 676
@@ -40,11 +40,6 @@ RASTER_ABOVE = 1000
 #: bytes an SVG figure may take before its pixel parts (images, rasterised artists) are drawn at a lower
 #: resolution: 2 px per CSS px, then 1 (a photo shown large is most of a figure's bytes)
 SVG_BUDGET = 400_000
-
-
-def max_figure_width() -> float:
-    """The widest figure, in inches, that still fits the book's column at :data:`FIGURE_DPI`."""
-    return COLUMN_PX / FIGURE_DPI
 
 
 def use_book_style(context: str = "notebook") -> None:

@@ -39,7 +39,7 @@ from typing import Any, Union
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cmpt.assets import cache_dir
+from cmpt.assets import cache_dir, checkout_root
 from cmpt.atomic import write_atomic
 from cmpt.errors import CmptError, InputError
 from cmpt.jsonable import NonFiniteError, to_jsonable
@@ -155,18 +155,11 @@ def results_root(root: str | os.PathLike | None = None) -> Path:
         return Path(root).expanduser().resolve()
     if os.environ.get(RESULTS_ENV):
         return Path(os.environ[RESULTS_ENV]).expanduser().resolve()
-    project = _project_root(Path.cwd())
+    project = checkout_root(Path.cwd())
     if project is not None:
         return project / "_build" / "results"
     return cache_dir() / "results"
 
-
-def _project_root(start: Path) -> Path | None:
-    """The cmpt checkout holding ``start`` (a folder with ``_toc.yml`` and ``cmpt/``), if any."""
-    for folder in (start, *start.parents):
-        if (folder / "_toc.yml").is_file() and (folder / "cmpt" / "__init__.py").is_file():
-            return folder
-    return None
 
 
 class ResultsStore:

@@ -39,7 +39,7 @@ from cmpt.settings import get_setting
 from cmpt.sweep import target_sweep
 from cmpt.profiles import Profile
 
-__all__ = ["CHOICES", "choose_sources", "equal_step_epochs", "crossing_sentence", "crossings", "curves",
+__all__ = ["CHOICES", "choose_sources", "equal_step_epochs", "curves",
            "default_targets", "gain_over", "group_curves", "plan_runs", "run_scarcity", "subset_plan"]
 
 CHOICES = {"none": "no source", "val": "source chosen on validation",
@@ -243,59 +243,3 @@ def gain_over(tidy: pd.DataFrame, reference: str = "vpt") -> pd.DataFrame:
     keys = ["setting", "choice", "source"] + _KEYS
     out = others.groupby(keys, dropna=False, sort=False)["gain"].agg(["mean", "std"]).reset_index()
     return out.rename(columns={"mean": "gain", "std": "gain_std"})
-
-
-def _cross(sizes: Sequence[float], gains: Sequence[float], tol: float = 1e-9) -> list[tuple[int, float]]:
-    """(left index, crossing size) where the gain changes sign; interpolated linearly in log(size)."""
-    out = []
-    for i in range(len(sizes) - 1):
-        a, b = gains[i], gains[i + 1]
-        if abs(a) > tol and abs(b) > tol and (a > 0) != (b > 0):
-            t = a / (a - b)
-            out.append((i, math.exp(math.log(sizes[i]) + t * (math.log(sizes[i + 1]) - math.log(sizes[i])))))
-    return out
-
-
-def crossings(gains: pd.DataFrame) -> pd.DataFrame:
-    """Where each setting's accuracy curve crosses the reference's, per target.
-
-    A curve is the mean gain over seeds against the number of training images (training sets
-    of equal size averaged). Columns: target, setting, choice, source, sizes, labels, gains,
-    crossings (sizes in images, log-linear interpolation between the two sizes around each
-    sign change).
-    """
-    rows = []
-    for (target, setting, choice, source), part in gains.groupby(["target", "setting", "choice", "source"],
-                                                                  sort=False, dropna=False):
-        curve = part.groupby("n_train").agg(gain=("gain", "mean"), label=("label", "first")).sort_index()
-        sizes, values = curve.index.to_list(), curve["gain"].to_list()
-        rows.append({"target": target, "setting": setting, "choice": choice,
-                     "source": None if pd.isna(source) else source, "sizes": sizes,
-                     "labels": curve["label"].to_list(), "gains": values,
-                     "crossings": [n for _, n in _cross(sizes, values)]})
-    return pd.DataFrame(rows)
-
-
-def crossing_sentence(row: Mapping[str, Any], reference: str = "vpt", name: str | None = None) -> str:
-    """One sentence on where a setting's curve crosses the reference's (a :func:`crossings` row).
-
-    ``name`` replaces the default description of the curve (setting and source choice).
-    """
-    sizes, labels, values = row["sizes"], row["labels"], row["gains"]
-    if name is None:
-        name = row["setting"] + ("" if row["choice"] == "none" else f" ({CHOICES[row['choice']]})")
-    span = f"{labels[0]} ({sizes[0]} images) to {labels[-1]} ({sizes[-1]})"
-    found = _cross(sizes, values)
-    if not found:
-        above, below = any(v > 1e-9 for v in values), any(v < -1e-9 for v in values)
-        where = {(True, False): "above", (False, True): "below"}.get((above, below))
-        if where is None:
-            return f"{name} ties with {reference} at every size from {span}."
-        ties = " or level with" if any(abs(v) <= 1e-9 for v in values) else ""
-        return f"{name} is {where}{ties} {reference} at every size from {span}: the curves do not cross."
-    parts = []
-    for i, n in found:
-        side = "above" if values[i] > 0 else "below"
-        parts.append(f"between {labels[i]} ({sizes[i]} images) and {labels[i + 1]} ({sizes[i + 1]}), near {n:.0f} "
-                     f"images, going from {side} to {'below' if side == 'above' else 'above'}")
-    return f"{name} crosses {reference} " + "; and ".join(parts) + "."

@@ -33,7 +33,7 @@ from cmpt.backbones.vision import PromptedViT
 from cmpt.errors import InputError, check_names
 from cmpt.transfer import PromptSource
 
-__all__ = ["METHODS", "SelfPrompt", "patch_tokens", "prototypes"]
+__all__ = ["METHODS", "SelfPrompt", "embedded_patches", "prototypes"]
 
 METHODS = ("kmeans", "mean", "sample")
 
@@ -91,8 +91,8 @@ def prototypes(patch_tokens: Tensor, length: int, method: str = "kmeans", seed: 
 
 
 @torch.no_grad()
-def patch_tokens(backbone: PromptedViT, images: Tensor, batch_size: int = 128, per_image: int | None = None,
-                 seed: int = 0) -> Tensor:
+def embedded_patches(backbone: PromptedViT, images: Tensor, batch_size: int = 128,
+                     per_image: int | None = None, seed: int = 0) -> Tensor:
     """Embedding-layer patch tokens ``[N, P', D]`` (float32, CPU) of ``images``, CLS dropped.
 
     ``images`` are preprocessed images ``[N, 3, H, W]`` or an :meth:`PromptedViT.embed` output
@@ -148,7 +148,7 @@ class SelfPrompt(PromptSource):
         large training set does not hold every patch token in memory.
         """
         per_image = max(1, math.ceil(max_tokens / max(1, len(images))))
-        tokens = patch_tokens(backbone, images, batch_size, per_image=per_image, seed=seed)
+        tokens = embedded_patches(backbone, images, batch_size, per_image=per_image, seed=seed)
         return cls.from_tokens(tokens, length, method, seed, max_tokens)
 
     def forward(self) -> dict[str, Tensor]:

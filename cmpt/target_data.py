@@ -39,7 +39,7 @@ from cmpt.data.task import ImageTask, batch_loader
 from cmpt.errors import InputError
 from cmpt.features import cls_features, embed_batches, feature_stream, token_stream
 from cmpt.profiles import Profile
-from cmpt.train import resolve_device
+from cmpt.devices import resolve_device
 
 __all__ = ["DEFAULT_CACHE_BYTES", "EMBED_BATCH_SIZE", "EVAL_BATCH_SIZE", "HEAD_SPLITS", "TargetData",
            "prepare_target"]

@@ -33,7 +33,6 @@ Parameters and optimiser state stay fp32 in every case.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from cmpt.devices import PRECISIONS, autocast, resolve_device, resolve_precision
 from cmpt.stats import encode_correct
 
 __all__ = ["BEST_TEST_PROTOCOL", "PRECISIONS", "PROTOCOLS", "Data", "FitResult", "TrainConfig", "autocast",
@@ -57,7 +57,6 @@ PROTOCOLS = {
     "last": "test accuracy after the last epoch",
     "best_test": BEST_TEST_PROTOCOL,
 }
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 #: Inputs: a tensor, or a tuple / dict of tensors sharing the first dimension (e.g. text ids + mask).
 Inputs = Union[Tensor, tuple, list, dict]
@@ -165,32 +164,6 @@ class FitResult:
     def to_record(self) -> dict[str, Any]:
         """The dict a :meth:`cmpt.results.ResultsStore.run` function returns."""
         return {"final": {**self.final, "n_trainable": self.n_trainable}, "metrics_per_epoch": self.history}
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
-
-
-def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype | None:
-    """The autocast dtype of ``precision`` on ``device``; None means plain fp32 (no autocast).
-
-    ``"auto"``: bf16 on a CUDA device that supports it, else fp16 there; fp32 on CPU.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    device = torch.device(device)
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` to ``dtype`` on ``device``'s type, or a no-op for None (fp32)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def param_groups(named_params: Iterable[tuple[str, Tensor]], weight_decay: float, lr: float | None = None,

@@ -1,7 +1,6 @@
-"""Data scarcity: fixed stratified nested subsets, resumable sweeps, crossing points."""
+"""Data scarcity: fixed stratified nested subsets, resumable sweeps, gains over the reference."""
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from cmpt.data import load_image_task
 from cmpt.runner import subset_indices
 from cmpt.profiles import get_profile
 from cmpt.results import ResultsStore
-from cmpt.scarcity import (choose_sources, crossing_sentence, crossings, default_targets, equal_step_epochs, gain_over,
+from cmpt.scarcity import (choose_sources, default_targets, equal_step_epochs, gain_over,
                            plan_runs, run_scarcity, subset_plan)
 
 SMOKE = get_profile("smoke")
@@ -136,17 +135,12 @@ def _tidy(gains: dict[str, list[float]], sizes=(10, 20, 40), labels=("1-shot", "
     return pd.DataFrame(rows)
 
 
-def test_crossings_are_located_between_the_sizes_where_the_gain_changes_sign():
+
+def test_gain_over_is_each_setting_minus_the_reference_on_the_same_training_set():
     gains = gain_over(_tidy({"projection": [0.6, 0.55, 0.45], "frozen": [0.4, 0.5, 0.45]}))
-    table = crossings(gains).set_index("setting")
-    (cross,) = table.loc["projection", "crossings"]
-    assert cross == pytest.approx(math.exp(math.log(20) + 0.5 * math.log(2)))
-    assert table.loc["frozen", "crossings"] == []
-    assert "between 2-shot (20 images) and full (40), near 28 images, going from above to below" in \
-        crossing_sentence(table.loc["projection"].to_dict() | {"setting": "projection"})
-    assert "is below or level with vpt at every size" in \
-        crossing_sentence(table.loc["frozen"].to_dict() | {"setting": "frozen"})
-    assert table.loc["projection", "source"] is None  # the toy table has no source column
+    table = gains.set_index(["setting", "label"])["gain"]
+    assert table[("projection", "1-shot")] == pytest.approx(0.1) and table[("frozen", "full")] == pytest.approx(-0.05)
+    assert set(gains.setting) == {"projection", "frozen"} and gains["source"].isna().all()  # no source column
 
 
 def test_default_targets_take_one_per_group_with_fewest_classes():

@@ -3,7 +3,7 @@ import torch
 
 from cmpt.backbones import load_vision_backbone
 from cmpt.errors import InputError, UnknownNameError
-from cmpt.spt import METHODS, SelfPrompt, patch_tokens, prototypes
+from cmpt.spt import METHODS, SelfPrompt, embedded_patches, prototypes
 from cmpt.train import TrainConfig, fit
 from cmpt.transfer import PromptedClassifier
 
@@ -83,21 +83,21 @@ def test_bad_lengths_and_inputs_are_input_errors():
         prototypes(torch.full((4, 2), float("nan")), 2, "sample")
 
 
-def test_patch_tokens_drop_the_cls_token(vit):
+def test_embedded_patches_drop_the_cls_token(vit):
     images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         embedded = vit.embed(images)
     cls = (vit.vit.cls_token + vit.vit.pos_embed[:, :1])[0, 0]
     assert torch.allclose(embedded[:, 0], cls.expand(5, -1))  # index 0 of embed() is the CLS token
-    tokens = patch_tokens(vit, images, batch_size=2)
+    tokens = embedded_patches(vit, images, batch_size=2)
     assert tokens.shape == (5, vit.num_patches, vit.width)
     assert torch.allclose(tokens, embedded[:, 1:])
-    assert torch.equal(patch_tokens(vit, embedded), embedded[:, 1:])  # precomputed embed() output
-    few = patch_tokens(vit, embedded, per_image=3, seed=1)
+    assert torch.equal(embedded_patches(vit, embedded), embedded[:, 1:])  # precomputed embed() output
+    few = embedded_patches(vit, embedded, per_image=3, seed=1)
     assert few.shape == (5, 3, vit.width)
     assert all(bool((embedded[i, 1:] == t).all(-1).any()) for i in range(5) for t in few[i])
     with pytest.raises(InputError, match="embedded tokens"):
-        patch_tokens(vit, torch.randn(2, 5, vit.width + 1))
+        embedded_patches(vit, torch.randn(2, 5, vit.width + 1))
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -12,32 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
-from scipy import stats
+
+from cmpt.stats import rank_correlation
 
 __all__ = ["cost_table", "ground_truth", "kendall", "per_target_ranking", "predicted_ranks", "ranking_summary",
            "recommendations", "spearman", "top_k_hit"]
 
 
-def _constant(values: np.ndarray) -> bool:
-    return bool(np.all(values == values[0]))
-
-
 def kendall(scores: Sequence[float], truth: Sequence[float]) -> float:
-    """Kendall's tau-b (scipy); NaN when either side is constant or there are fewer than two items."""
-    a, b = np.asarray(scores, dtype=float), np.asarray(truth, dtype=float)
-    if len(a) < 2 or _constant(a) or _constant(b):
-        return float("nan")
-    return float(stats.kendalltau(a, b).statistic)
+    """Kendall's tau-b (:func:`cmpt.stats.rank_correlation`); NaN when either side is constant or short."""
+    return rank_correlation(scores, truth, "kendall")
 
 
 def spearman(scores: Sequence[float], truth: Sequence[float]) -> float:
-    """Spearman's rho (scipy); NaN when either side is constant or there are fewer than two items."""
-    a, b = np.asarray(scores, dtype=float), np.asarray(truth, dtype=float)
-    if len(a) < 2 or _constant(a) or _constant(b):
-        return float("nan")
-    return float(stats.spearmanr(a, b).statistic)
+    """Spearman's rho (:func:`cmpt.stats.rank_correlation`); NaN when either side is constant or short."""
+    return rank_correlation(scores, truth, "spearman")
 
 
 def top_k_hit(scores: pd.Series, truth: pd.Series, k: int) -> float:
