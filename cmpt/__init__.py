@@ -12,11 +12,11 @@ from cmpt.chapter_values import record
 
 __version__ = "0.1.0"
 __all__ = ["PROFILES", "Profile", "ProfileError", "get_profile", "markdown_table", "notebook_profile", "print_wrapped",
-           "record", "use_book_style", "__version__"]
+           "record", "takeaways", "use_book_style", "__version__"]
 
 #: exports whose modules load pandas, papermill's helpers or matplotlib: imported on first use
 _LAZY = {"notebook_profile": "cmpt.book", "use_book_style": "cmpt.plotting", "markdown_table": "cmpt.plotting",
-         "print_wrapped": "cmpt.plotting"}
+         "print_wrapped": "cmpt.plotting", "takeaways": "cmpt.plotting"}
 
 
 def __getattr__(name: str) -> Any:

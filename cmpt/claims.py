@@ -39,11 +39,11 @@ import pandas as pd
 from cmpt.errors import InputError
 from cmpt.prompts import Prompt
 from cmpt.stats import decode_correct
-from cmpt.verdicts import (MARGIN_ACC, MARGIN_CORR, Effect, decide, holm, per_target_from_vectors,
+from cmpt.verdicts import (MARGIN_ACC, VERDICTS, MARGIN_CORR, Effect, decide, holm, per_target_from_vectors,
                            permutation_correlation, targets_in_general, these_targets)
 
 __all__ = ["CLAIMS", "ClaimResult", "ClaimRuns", "ClaimSpec", "Comparison", "claim_records", "claim_table",
-           "compare_runs", "correctness", "summary_sentence", "evaluate_claim", "evaluate_claims"]
+           "compare_runs", "correctness", "overview_sentence", "summary_sentence", "evaluate_claim", "evaluate_claims"]
 
 
 @dataclass
@@ -342,6 +342,15 @@ def claim_records(results: Sequence[ClaimResult]) -> dict[str, Any]:
     return {f"findings/{r.key}/{name}": value for r in results for name, value in r.record().items()}
 
 
+def overview_sentence(results: Sequence[ClaimResult]) -> str:
+    """How the page's claims came out, counted by verdict: the first thing the findings page says."""
+    counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
+    parts = [f"{n} {'is' if n == 1 else 'are'} {v}" if v != "no meaningful effect" else
+             f"{n} {'shows' if n == 1 else 'show'} no meaningful effect" for v, n in counts.items()]
+    return (f"Of the {len(results)} claims tested on this build's runs, " + ", ".join(parts[:-1]) + f" and {parts[-1]}"
+            + " (Holm-adjusted over the page).")
+
+
 def summary_sentence(result: ClaimResult) -> str:
     """One plain sentence: the verdict, the direction and size, what the design could have detected."""
     scale, digits, unit = _scale(result)
@@ -352,8 +361,10 @@ def summary_sentence(result: ClaimResult) -> str:
             "inconclusive": "inconclusive"}[result.verdict]
     detect = (f"; the design detects {result.mde * scale:.{digits}f}{unit} with 80% power"
               if np.isfinite(result.mde) else "")
+    bounds = (f"[{result.these.low * scale:+.{digits}f}, {result.these.high * scale:+.{digits}f}]"
+              if np.isfinite(result.these.low) else "[no interval]")
     return (f"({result.key}) {result.spec.statement}: **{what}** — {effect:+.{digits}f}{unit}, {lean} zero "
-            f"[{result.these.low * scale:+.{digits}f}, {result.these.high * scale:+.{digits}f}], "
+            f"{bounds}, "
             f"{'Holm p' if result.adjusted else 'p (unadjusted; the findings page adjusts)'} {result.p_holm:.2g}"
             f"{detect}. {result.note}".rstrip(". ") + ".")
 

@@ -23,7 +23,7 @@ import numpy as np
 
 __all__ = ["COLUMN_PX", "FIGURE_DPI", "FIGURE_SIZE", "RASTER_ABOVE", "RASTER_DPI", "SVG_BUDGET", "TEXT_WIDTH",
            "figure_svg",
-           "interval_bars", "markdown_table", "markdown_text", "print_wrapped", "use_book_style"]
+           "interval_bars", "markdown_table", "markdown_text", "print_wrapped", "takeaways", "use_book_style"]
 
 #: the width, in CSS pixels, of the HTML book's output column at a usual window size
 COLUMN_PX = 676
@@ -153,6 +153,14 @@ def print_wrapped(*paragraphs: str, width: int = TEXT_WIDTH) -> None:
         for line in str(paragraph).splitlines() or [""]:
             print(textwrap.fill(line, width=width, subsequent_indent="    ", break_on_hyphens=False,
                                 break_long_words=False) if line.strip() else line)
+
+
+def takeaways(lines: Any, title: str = "What this run shows") -> Any:
+    """A chapter's closing points as an IPython ``Markdown`` admonition: a box on the page, a list in Lab."""
+    from IPython.display import Markdown
+
+    body = "\n".join(f"- {line}" for line in lines)
+    return Markdown(f"```{{admonition}} {title}\n:class: important\n{body}\n```")
 
 
 def _cell_text(value: Any) -> Any:
