@@ -53,10 +53,11 @@ import yaml
 
 from cmpt.assets import checkout_root
 from cmpt.atomic import write_atomic
-from cmpt.book_pages import chapter_title, cli_text, fold_code, insert_run_box, is_stub, run_box, stub_notebook
+from cmpt.book_pages import (SUMMARY_MARKER, chapter_title, cli_text, findings_summary, fold_code, insert_run_box,
+                              is_stub, run_box, stub_notebook)
 from cmpt.errors import CmptError
 from cmpt.profiles import PROFILE_FIELDS, Profile, ProfileError, get_profile
-from cmpt.chapter_values import ENV_VAR, record
+from cmpt.chapter_values import ENV_VAR, load_records, record
 from cmpt.results import RESULTS_ENV, results_root
 
 
@@ -653,7 +654,12 @@ def _stage_static(plan: BookPlan, all_chapters: list[Chapter]) -> None:
         if not chapter.is_notebook:
             dest = plan.staging / (chapter.entry + ".md")
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(chapter.source, dest)
+            text = chapter.source.read_text(encoding="utf-8")
+            if SUMMARY_MARKER in text:
+                findings = plan.records / "findings.json"
+                summary = findings_summary(load_records(findings) if findings.is_file() else None, plan.profile)
+                text = text.replace(SUMMARY_MARKER, summary)
+            dest.write_text(text, encoding="utf-8")
     for extra in ("book/figures", "book/references.bib"):
         src = plan.root / extra
         if src.is_dir():

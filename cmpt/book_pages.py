@@ -11,6 +11,8 @@ notebooks stay as their authors wrote them.
   after the chapter's title cell: the ``cmpt book`` and papermill commands that re-run the
   page, the chapter's parameters with their defaults and the values used, the execution time,
   and where the executed copy lives.
+* :func:`findings_summary` is the intro page's "what this build found" box, written from the
+  findings page's records where :data:`SUMMARY_MARKER` stands in ``book/intro.md``.
 * :func:`stub_notebook` stands in for a chapter a partial build (``cmpt book --only X``) did
   not execute, so the book's links to it still resolve.
 """
@@ -24,14 +26,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AUTHOR_TAGS", "FOLD_TAG", "RUN_BOX_TITLE", "chapter_title", "fold_code", "insert_run_box", "is_stub",
-           "run_box", "stub_notebook"]
+__all__ = ["AUTHOR_TAGS", "FOLD_TAG", "RUN_BOX_TITLE", "SUMMARY_MARKER", "chapter_title", "findings_summary",
+           "fold_code", "insert_run_box", "is_stub", "run_box", "stub_notebook"]
 
 #: the tag that folds a code cell's source on the page and keeps its outputs shown
 FOLD_TAG = "hide-input"
 #: tags by which a chapter's author already decided how a cell shows; such cells are left as they are
 AUTHOR_TAGS = frozenset({"hide-input", "hide-output", "hide-cell", "remove-input", "remove-output", "remove-cell"})
 RUN_BOX_TITLE = "Re-run this chapter"
+#: the line of a Markdown page the runner replaces with :func:`findings_summary`
+SUMMARY_MARKER = "<!-- findings-summary -->"
 #: the metadata key the runner marks its own cells and notebooks with
 META_KEY = "cmpt"
 
@@ -229,3 +233,34 @@ def is_stub(path: Path) -> bool:
         return bool(json.loads(Path(path).read_text()).get("metadata", {}).get(META_KEY, {}).get("stub"))
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def findings_summary(records: Mapping[str, Any] | None, profile: str) -> str:
+    """A MyST box: each claim's verdict, effect and interval from the findings page's records of this build."""
+    from cmpt.claims import CLAIMS
+    from cmpt.verdicts import VERDICTS
+
+    title = f"```{{admonition}} What this build found (profile {profile})\n:class: important\n"
+    if not records or not any(f"findings/{k}/verdict" in records for k in CLAIMS):
+        return title + ("The findings page was not executed in this build: `cmpt book --only findings` "
+                        "runs it.\n```")
+    lines, verdicts = [], []
+    for key, spec in CLAIMS.items():
+        if f"findings/{key}/verdict" not in records:
+            continue
+        verdict, effect = records[f"findings/{key}/verdict"], records[f"findings/{key}/effect"]
+        low, high = records[f"findings/{key}/ci_these"]
+        mde = records.get(f"findings/{key}/mde")
+        scale, unit = (100.0, " points") if spec.kind == "accuracy" else (1.0, "")
+        digits = 1 if spec.kind == "accuracy" else 2
+
+        def fmt(value: float | None) -> str:
+            return "n/a" if value is None else f"{value * scale:+.{digits}f}"
+
+        interval = f" [{fmt(low)}, {fmt(high)}]" if low is not None else ""
+        detect = f"; detectable {abs(mde) * scale:.{digits}f}{unit}" if mde is not None else ""
+        lines.append(f"- ({key}) {spec.statement}: **{verdict}**, {fmt(effect)}{unit}{interval}{detect}")
+        verdicts.append(verdict)
+    counts = ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS if verdicts.count(v))
+    return (title + f"{len(verdicts)} claims ({counts}); effects over these targets with 95% intervals. "
+            "The [findings](findings.ipynb) page shows how each was tested.\n\n" + "\n".join(lines) + "\n```")

@@ -306,6 +306,12 @@ def test_smoke_book_builds_every_chapter_with_figures(smoke_book):
             assert "<img" in text, f"{chapter.entry} has no figure"
             assert re.search(r"\d+\.\d+", text), f"{chapter.entry} shows no numbers"
     assert "executing" in first
+    # the intro opens with what this build found, written from the findings page's records
+    records = load_records(out / "_build" / "records" / "findings.json")
+    intro = (html / "book" / "intro.html").read_text()
+    assert "What this build found (profile smoke)" in intro and "findings-summary" not in intro
+    for key in "abcdef":
+        assert f"({key}) " in intro and f"<strong>{records[f'findings/{key}/verdict']}</strong>" in intro, key
     # the sources stay clean: executed copies live under the output folder only
     assert not any(cell.get("outputs") for c in NOTEBOOKS for cell in json.loads(c.source.read_text())["cells"])
 

@@ -213,6 +213,7 @@ def test_partial_build_executes_one_chapter_and_builds_its_page_with_run_box_and
     executed = nbformat.read(out / "_build" / "executed" / "book" / f"{CHAPTER}.ipynb", as_version=4)
     assert all(c.metadata.get("tags") for c in executed.cells if c.cell_type == "code")
     # the chapters this build did not execute are stub pages, so the book's links resolve
+    assert "The findings page was not executed in this build" in _text(_page(out, "book/intro"))
     stub = _text(_page(out, "book/findings"))
     assert "Not built in this run" in stub and f"cmpt book --profile smoke --only findings --out {out}" in stub
     assert (out / "_build" / "html-build.log").is_file()
@@ -262,3 +263,16 @@ def test_a_broken_page_fails_in_a_few_lines_naming_page_cell_and_log(partial_boo
     assert lines[0].startswith("the HTML build failed")
     assert f"  book/{CHAPTER}.ipynb, cell {at + 1} " in lines[1] and "undefined label: 'no-such-label'" in lines[1]
     assert lines[-1] == f"  full log: {out / '_build' / 'html-build.log'}"
+
+
+def test_findings_summary_states_each_claim_in_its_units():
+    from cmpt.book_pages import findings_summary
+
+    records = {"findings/b/verdict": "supported", "findings/b/effect": 0.034, "findings/b/ci_these": [0.01, 0.058],
+               "findings/b/mde": 0.02, "findings/f/verdict": "inconclusive", "findings/f/effect": -0.2,
+               "findings/f/ci_these": [None, None], "findings/f/mde": None}
+    box = findings_summary(records, "default")
+    assert box.startswith("```{admonition} What this build found (profile default)") and box.endswith("```")
+    assert "(b) Projection transfer beats linear probing: **supported**, +3.4 points [+1.0, +5.8]; detectable 2.0" in box
+    assert "(f) " in box and "**inconclusive**, -0.20" in box and "2 claims (1 supported, 1 inconclusive)" in box
+    assert "was not executed" in findings_summary(None, "smoke")
