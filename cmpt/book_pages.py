@@ -240,6 +240,9 @@ def findings_summary(records: Mapping[str, Any] | None, profile: str) -> str:
     from cmpt.claims import CLAIMS
     from cmpt.verdicts import VERDICTS
 
+    def fmt(value: float | None, scale: float, digits: int) -> str:
+        return "n/a" if value is None else f"{value * scale:+.{digits}f}"
+
     title = f"```{{admonition}} What this build found (profile {profile})\n:class: important\n"
     if not records or not any(f"findings/{k}/verdict" in records for k in CLAIMS):
         return title + ("The findings page was not executed in this build: `cmpt book --only findings` "
@@ -251,15 +254,11 @@ def findings_summary(records: Mapping[str, Any] | None, profile: str) -> str:
         verdict, effect = records[f"findings/{key}/verdict"], records[f"findings/{key}/effect"]
         low, high = records[f"findings/{key}/ci_these"]
         mde = records.get(f"findings/{key}/mde")
-        scale, unit = (100.0, " points") if spec.kind == "accuracy" else (1.0, "")
-        digits = 1 if spec.kind == "accuracy" else 2
-
-        def fmt(value: float | None) -> str:
-            return "n/a" if value is None else f"{value * scale:+.{digits}f}"
-
-        interval = f" [{fmt(low)}, {fmt(high)}]" if low is not None else ""
+        scale, digits, unit = spec.display
+        interval = f" [{fmt(low, scale, digits)}, {fmt(high, scale, digits)}]" if low is not None else ""
         detect = f"; detectable {abs(mde) * scale:.{digits}f}{unit}" if mde is not None else ""
-        lines.append(f"- ({key}) {spec.statement}: **{verdict}**, {fmt(effect)}{unit}{interval}{detect}")
+        lines.append(f"- ({key}) {spec.statement}: **{verdict}**, {fmt(effect, scale, digits)}{unit}{interval}"
+                     f"{detect}")
         verdicts.append(verdict)
     counts = ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS if verdicts.count(v))
     return (title + f"{len(verdicts)} claims ({counts}); effects over these targets with 95% intervals. "

@@ -38,12 +38,12 @@ import pandas as pd
 
 from cmpt.errors import InputError
 from cmpt.prompts import Prompt
-from cmpt.stats import decode_correct
+from cmpt.stats import decode_correct, rank_correlation
 from cmpt.verdicts import (MARGIN_ACC, VERDICTS, MARGIN_CORR, Effect, decide, holm, per_target_from_vectors,
                            permutation_correlation, targets_in_general, these_targets)
 
 __all__ = ["CLAIMS", "ClaimResult", "ClaimRuns", "ClaimSpec", "Comparison", "claim_records", "claim_table",
-           "compare_runs", "correctness", "overview_sentence", "summary_sentence", "evaluate_claim", "evaluate_claims"]
+           "compare_runs", "correctness", "display_scale", "overview_sentence", "summary_sentence", "evaluate_claim", "evaluate_claims"]
 
 
 @dataclass
@@ -61,6 +61,11 @@ class ClaimRuns:
         if value is None or (isinstance(value, pd.DataFrame) and value.empty):
             raise InputError(f"claim ({key}) needs the {name} runs")
         return value
+
+
+def display_scale(kind: str) -> tuple[float, int, str]:
+    """(scale, digits, unit) of a claim's numbers on the page: accuracy differences in points, correlations as is."""
+    return (100.0, 1, " points") if kind == "accuracy" else (1.0, 2, "")
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,11 @@ class ClaimSpec:
     paper: str = "not reported as a number in the paper"  # the published effect, where there is one
 
     @property
+    def display(self) -> tuple[float, int, str]:
+        """(scale, digits, unit) the book shows this claim's numbers in: accuracy in points."""
+        return display_scale(self.kind)
+
+    @property
     def margin(self) -> float:
         return MARGIN_ACC if self.kind == "accuracy" else MARGIN_CORR
 
@@ -161,12 +171,14 @@ class Comparison:
     def sentence(self) -> str:
         """``"<label>: +1.2 points [-0.4, +2.8] over 3 targets x 3 seeds; detectable 3.0 points: <verdict>"``."""
         mde = self.these.mde()
-        detect = f"; detectable {100 * mde:.1f} points" if np.isfinite(mde) else ""
-        return (f"{self.label}: {_interval(self.these, 100.0, 1)} points over {self.these.n_targets} target(s) x "
+        scale, digits, unit = display_scale("accuracy")
+        detect = f"; detectable {scale * mde:.{digits}f}{unit}" if np.isfinite(mde) else ""
+        return (f"{self.label}: {_interval(self.these, scale, digits)}{unit} over {self.these.n_targets} target(s) x "
                 f"{self.these.n_seeds} seed(s){detect}: {self.verdict}")
 
     def row(self) -> dict[str, Any]:
-        return {"effect [95% CI]": _interval(self.these, 100.0, 1) + " points",
+        scale, digits, unit = display_scale("accuracy")
+        return {"effect [95% CI]": _interval(self.these, scale, digits) + unit,
                 "targets x seeds": f"{self.these.n_targets} x {self.these.n_seeds}", "verdict": self.verdict}
 
 
@@ -251,8 +263,8 @@ def _claim_e(data: ClaimRuns, key: str) -> ClaimResult:
     effect = Effect(estimate=test.estimate, se=test.null_sd, df=1e6, low=test.low, high=test.high,
                     p=test.p, question="these", n_targets=int(means.target.nunique()),
                     n_seeds=int(frozen.seed.nunique()))
-    per_target = means.groupby("target").apply(
-        lambda g: g["value"].rank().corr(g["source"].map(norms).rank())).to_numpy(float)
+    per_target = np.array([rank_correlation(g["source"].map(norms), g["value"], "spearman")
+                           for _, g in means.groupby("target", sort=False)])
     general = targets_in_general(pd.DataFrame({"effect": per_target, "var_seed": 0.0, "var_test": 0.0,
                                                "n_seeds": effect.n_seeds, "n_test": 0}))
     return ClaimResult(key, effect, general, test.p_equivalence(MARGIN_CORR),
@@ -320,7 +332,7 @@ def _interval(effect: Effect, scale: float, digits: int) -> str:
 
 
 def _scale(result: ClaimResult) -> tuple[float, int, str]:
-    return (100.0, 1, " points") if result.spec.kind == "accuracy" else (1.0, 2, "")
+    return result.spec.display
 
 
 def claim_table(results: Sequence[ClaimResult]) -> pd.DataFrame:
