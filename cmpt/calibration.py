@@ -29,7 +29,7 @@ import pandas as pd
 from cmpt.errors import InputError
 from cmpt.profiles import Profile
 from cmpt.results import ResultsStore, RunFailedError
-from cmpt.run_config import TargetConfig, default_concentrated, setting_configs
+from cmpt.run_config import TargetConfig, default_concentrated, epochs_for, setting_configs
 from cmpt.settings import get_setting
 
 __all__ = ["calibration_configs", "calibration_table", "chosen_rate", "needs_rate", "recipe_table", "resolve_rates"]
@@ -100,7 +100,8 @@ def resolve_rates(profile: Profile, configs: Iterable[TargetConfig], store: Resu
 
 
 def recipe_table(profile: Profile, settings: Sequence[str], store: ResultsStore) -> pd.DataFrame:
-    """Per setting: what trains, its optimiser steps, schedule, head and body rates, and the rate choice.
+    """Per setting: what trains, its optimiser steps (and where a target gets more), schedule, head and body
+    rates, and the rate choice.
 
     ``chosen`` is the rate :func:`chosen_rate` picked (NaN while its calibration runs are
     missing); ``calibration s`` the seconds its calibration runs took, all rates together.
@@ -110,7 +111,10 @@ def recipe_table(profile: Profile, settings: Sequence[str], store: ResultsStore)
         record = get_setting(setting)
         config = setting_configs(profile, setting, [profile.image_tasks[0]], [profile.text_tasks[0]
                                  if record.takes_source else None], seeds=profile.seeds[:1])[0]
-        steps = config.epochs * max(1, math.ceil(config.sizes[0] / config.batch_size))
+        per_epoch = max(1, math.ceil(config.sizes[0] / config.batch_size))
+        longer = {t: epochs_for(profile, setting, t) for t in profile.image_tasks}
+        longer = {t: e for t, e in longer.items() if e != config.epochs}
+        steps = f"{config.epochs * per_epoch}" + "".join(f" ({e * per_epoch} on {t})" for t, e in longer.items())
         chosen, seconds = float("nan"), float("nan")
         if config.rates:
             table = calibration_table(store, profile, setting, config.rates)

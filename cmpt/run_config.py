@@ -20,7 +20,7 @@ from cmpt.profiles import Profile
 from cmpt.settings import REGISTRY, get_setting
 
 __all__ = ["STAGES", "SUBSET_KINDS", "SourceConfig", "TargetConfig", "check_subset", "default_concentrated",
-           "recipe", "setting_configs", "setting_grid", "warmup_for"]
+           "epochs_for", "recipe", "setting_configs", "setting_grid", "warmup_for"]
 
 #: protocol stages: ``None`` is one run per seed (train split, epoch chosen by ``selection``);
 #: ``search`` a grid point (train800, chosen on val200); ``final`` the run at the chosen values
@@ -148,7 +148,7 @@ class TargetConfig:
                    text_backbone=profile.text_backbone if source else None,
                    image_size=profile.image_size, layout=profile.prompt_layout, length=profile.prompt_length,
                    sizes=(profile.n_train, profile.n_val, profile.n_test),
-                   epochs=epochs or (profile.head_epochs if get_setting(setting).head_only else profile.target_epochs),
+                   epochs=epochs or epochs_for(profile, setting, target),
                    batch_size=profile.batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                    concentrated=concentrated, scaled=scaled, selection=selection or profile.selection,
                    source_epochs=profile.source_epochs if source and trained_bank else None,
@@ -178,13 +178,21 @@ def default_concentrated(profile: Profile) -> int:
     return max(1, profile.prompt_length // 2)
 
 
+def epochs_for(profile: Profile, setting: str, target: str | None = None) -> int:
+    """Epochs of a full-data run of ``setting`` on ``target``: ``head_epochs`` for a head-only setting,
+    else the target's entry in ``target_epochs_for`` or ``target_epochs``."""
+    if get_setting(setting).head_only:
+        return profile.head_epochs
+    return dict(profile.target_epochs_for).get(target or "", profile.target_epochs)
+
+
 def warmup_for(profile: Profile, epochs: int) -> int | None:
     """Warm-up epochs of an ``epochs``-long run at ``profile`` (None: the papers' tenth, left out of the config)."""
     return None if profile.warmup_fraction == 0.1 else max(1, round(epochs * profile.warmup_fraction))
 
 
-def recipe(profile: Profile, setting: str, fixed_rate: bool = False) -> dict[str, Any]:
-    """The training recipe of ``setting`` at ``profile`` (see :mod:`cmpt.settings`), as config fields.
+def recipe(profile: Profile, setting: str, fixed_rate: bool = False, target: str | None = None) -> dict[str, Any]:
+    """The training recipe of ``setting`` on ``target`` at ``profile`` (see :mod:`cmpt.settings`), as config fields.
 
     With ``profile.calibrate`` every setting gets ``lr=None`` and its grid in ``rates``: the rate
     is chosen on validation before the runs (:mod:`cmpt.calibration`). Without it (the paper
@@ -193,8 +201,8 @@ def recipe(profile: Profile, setting: str, fixed_rate: bool = False) -> dict[str
     first rate instead of choosing (for timing runs, whose accuracy nobody reads).
     """
     record = get_setting(setting)
-    epochs = profile.target_epochs if not record.head_only else profile.head_epochs
-    out: dict[str, Any] = {"optimizer": "adam", "weight_decay": record.weight_decay}
+    epochs = epochs_for(profile, setting, target)
+    out: dict[str, Any] = {"optimizer": "adam", "weight_decay": record.weight_decay, "epochs": epochs}
     if profile.head_lr > 0 and not record.head_only:  # 0: the head shares the body's rate (the papers' code)
         out["head_lr"] = profile.head_lr
     if profile.calibrate and not fixed_rate:
@@ -218,8 +226,8 @@ def setting_configs(profile: Profile, setting: str, targets: Sequence[str],
                     sources: Sequence[str | None] = (None,), seeds: Sequence[int] | None = None,
                     **extra: Any) -> list[TargetConfig]:
     """Configs for ``setting`` over targets x sources x seeds, at its :func:`recipe` unless overridden."""
-    hp = {**recipe(profile, setting), **extra}
-    return [TargetConfig.of(profile, setting, target, seed, source=source, **hp)
+    return [TargetConfig.of(profile, setting, target, seed, source=source, **{**recipe(profile, setting, target=target),
+                                                                                **extra})
             for target in targets for source in sources for seed in (seeds or profile.seeds)]
 
 

@@ -32,7 +32,7 @@ import pandas as pd
 from cmpt.analysis import GROUP_ORDER, group_of
 from cmpt.data import IMAGE_TASKS, VTAB_TASKS, load_image_task
 from cmpt.results import ResultsStore, config_hash
-from cmpt.run_config import TargetConfig, default_concentrated, setting_configs, warmup_for
+from cmpt.run_config import TargetConfig, default_concentrated, epochs_for, setting_configs, warmup_for
 from cmpt.calibration import resolve_rates
 from cmpt.runner import subset_indices
 from cmpt.settings import get_setting
@@ -148,9 +148,9 @@ def choose_sources(projection: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("target")
 
 
-def equal_step_epochs(profile: Profile, n_train: int, setting: str) -> int:
-    """Epochs at which ``n_train`` images take as many optimiser steps as the full training set does."""
-    full = profile.head_epochs if get_setting(setting).head_only else profile.target_epochs
+def equal_step_epochs(profile: Profile, n_train: int, setting: str, target: str | None = None) -> int:
+    """Epochs at which ``n_train`` images take as many optimiser steps as the full training set of ``target`` does."""
+    full = epochs_for(profile, setting, target)
     per_epoch = lambda n: max(1, math.ceil(n / profile.batch_size))  # noqa: E731
     return max(1, math.ceil(full * per_epoch(profile.n_train) / per_epoch(int(n_train))))
 
@@ -171,7 +171,7 @@ def plan_runs(profile: Profile, plan: pd.DataFrame, settings: Sequence[str], sou
         for setting in settings:
             extra: dict[str, Any] = {"train_subset": row.spec}
             if row.spec is not None:  # a subset run: the last epoch counts, after as many steps as full data
-                epochs = equal_step_epochs(profile, int(row.n_train), setting)
+                epochs = equal_step_epochs(profile, int(row.n_train), setting, row.target)
                 extra.update(selection="last", epochs=epochs, warmup=warmup_for(profile, epochs))
             if setting == "attention":
                 extra.update(concentrated=concentrated or default_concentrated(profile), scaled=scaled)

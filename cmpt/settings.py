@@ -9,9 +9,11 @@ code (a :class:`~cmpt.transfer.PromptSource`).
 
 The recipe (the default and smoke profiles; the paper profile searches ``paper_grid``):
 
-* every setting trains the same number of epochs (``Profile.target_epochs``) with the same
-  schedule (warm-up over the first fifth, then cosine, evaluated at every step), batch and
-  optimiser (Adam), from a zero-initialised head (initial loss ln C);
+* every setting trains until it fits its training set, with the same schedule (warm-up over the
+  first fifth, then cosine, evaluated at every step), batch and optimiser (Adam), from a
+  zero-initialised head (initial loss ln C): a setting that backpropagates through the backbone
+  for ``Profile.target_epochs``, a head-only one (on cached features, far cheaper per step) for
+  ``Profile.head_epochs``; the books' convergence tables show whether each run fitted;
 * every setting chooses one rate, once, on validation accuracy at the first seed, from a grid of
   two (``rates``; :mod:`cmpt.calibration`): a head-only setting its head's rate; a setting that
   trains more than the head (a prompt, a projector, attention queries) the rate of that part,

@@ -21,6 +21,7 @@ from cmpt.bench import FIGURES, BenchConfig, BenchResult
 from cmpt.gaps.mmd import modality_gap_table
 from cmpt.cost import vit_image_flops
 from cmpt.perf import ReferencePromptTuner, direct_mmd_table, step_flops
+from cmpt.profiles import DEFAULT
 from cmpt.train import TrainConfig, evaluate, fit, make_optimizer, resolve_precision, train_step
 from cmpt.transfer import LearnedPrompt, PromptedClassifier
 
@@ -303,7 +304,7 @@ def test_a_variant_of_a_slow_step_is_not_run_and_calls_per_round_are_honoured():
 def test_bench_config_follows_the_profile():
     bc = BenchConfig.from_profile("default")
     assert (bc.backbone, bc.image_size, bc.prompt_length, bc.batch_size) == ("dinov2-s14", 42, 8, 32)
-    assert (bc.sources, bc.mmd_targets, bc.head_epochs) == (8, 3, 20)
+    assert (bc.sources, bc.mmd_targets, bc.head_epochs) == (8, 3, DEFAULT.head_epochs)
     assert BenchConfig.from_profile("paper").n_test == 2000
     assert BenchConfig.from_profile("smoke", steps=5).steps == 5
 

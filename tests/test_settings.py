@@ -118,3 +118,17 @@ def test_a_registered_setting_runs_through_configs_runs_and_the_recipe(vit):
             TargetConfig.of(SMOKE, "vpt_half", "toy", 42, source="x", lr=0.3)
     finally:
         REGISTRY.pop("vpt_half", None)
+
+
+def test_a_target_listed_in_target_epochs_for_trains_its_prompt_settings_longer():
+    profile = SMOKE.replace(target_epochs_for=[["clevr_count", 7]])
+    by_target = {c.target: c for c in setting_configs(profile, "vpt", list(profile.image_tasks))}
+    assert by_target["clevr_count"].epochs == 7 and by_target["dsprites_loc"].epochs == SMOKE.target_epochs
+    # the warm-up follows the run's own length; head-only settings keep head_epochs everywhere
+    assert by_target["clevr_count"].warmup == round(7 * SMOKE.warmup_fraction)
+    assert {c.epochs for c in setting_configs(profile, "linear", list(profile.image_tasks))} == {SMOKE.head_epochs}
+    # a subset run takes as many steps as that target's full set does
+    from cmpt.scarcity import equal_step_epochs
+    assert equal_step_epochs(profile, 8, "vpt", "clevr_count") == 7 * 2  # 64 images: 2 steps an epoch; 8: 1
+    with pytest.raises(InputError, match="target_epochs_for.*positive"):
+        SMOKE.replace(target_epochs_for=[["clevr_count", 0]])
