@@ -12,11 +12,11 @@ from cmpt.chapter_values import record
 
 __version__ = "0.1.0"
 __all__ = ["PROFILES", "Profile", "ProfileError", "get_profile", "markdown_table", "notebook_profile", "print_wrapped",
-           "record", "takeaways", "use_book_style", "__version__"]
+           "record", "show_figure", "takeaways", "use_book_style", "__version__"]
 
 #: exports whose modules load pandas, papermill's helpers or matplotlib: imported on first use
-_LAZY = {"notebook_profile": "cmpt.book", "use_book_style": "cmpt.plotting", "markdown_table": "cmpt.plotting",
-         "print_wrapped": "cmpt.plotting", "takeaways": "cmpt.plotting"}
+_LAZY = {"notebook_profile": "cmpt.book_kernel", "use_book_style": "cmpt.plotting", "markdown_table": "cmpt.plotting",
+         "print_wrapped": "cmpt.plotting", "takeaways": "cmpt.plotting", "show_figure": "cmpt.plotting"}
 
 
 def __getattr__(name: str) -> Any:

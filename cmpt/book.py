@@ -15,8 +15,10 @@ their outputs shown, unless a cell's own tags decide otherwise; the notebook's `
 cell leaves the page and papermill's injected cell, which holds the values the page was
 computed with, is folded; and a "Re-run this chapter" box after the title gives the
 ``cmpt book --only`` and papermill commands, the chapter's parameters, its execution time and
-where the executed copy lives. A build that executes only some chapters (``--only``) gives
-every chapter without an executed copy a stub page, so the book's links still resolve. A failed
+where the executed copy lives; every figure a chapter shows with :func:`cmpt.show_figure` becomes
+a numbered figure with its caption (:func:`~cmpt.book_pages.number_figures`). A build that
+executes only some chapters (``--only``) gives every chapter without an executed copy a stub
+page, so the book's links still resolve. A failed
 HTML build is reported as a few lines naming page, cell and problem; the whole log is kept in
 ``OUT/_build/html-build.log``. ``cmpt book -p`` values are checked against what each name takes
 (:func:`parse_parameter`) before anything runs.
@@ -32,7 +34,6 @@ changed: the key of each finished execution is stored beside it, and its executi
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import importlib.util
 import json
@@ -41,60 +42,36 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
-import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cmpt.assets import checkout_root
 from cmpt.atomic import write_atomic
-from cmpt.book_pages import (SUMMARY_MARKER, chapter_title, cli_text, findings_summary, fold_code, insert_run_box,
-                              is_stub, run_box, stub_notebook)
-from cmpt.errors import CmptError
-from cmpt.profiles import PROFILE_FIELDS, Profile, ProfileError, get_profile
-from cmpt.chapter_values import ENV_VAR, load_records, record
+from cmpt.book_chapters import (BOOK_PARAMETERS, PACKAGE_DIR, BookError, Chapter, chapter_parameters, chapters,
+                                check_chapter_value, find_root, literal_defaults, notebook_parameters,
+                                parameters_help, parse_parameter, plain_value)
+from cmpt.book_kernel import notebook_profile
+from cmpt.book_pages import (SUMMARY_MARKER, chapter_title, findings_summary, fold_code, insert_run_box, is_stub,
+                             number_figures, run_box, stub_notebook)
+from cmpt.book_widgets import freeze_widgets
+from cmpt.chapter_values import ENV_VAR, load_records
+from cmpt.profiles import PROFILE_FIELDS, ProfileError, get_profile
 from cmpt.results import RESULTS_ENV, results_root
 
-
+#: ``Chapter``, ``chapters``, ``find_root``, ``parse_parameter`` and the other chapter helpers live in
+#: :mod:`cmpt.book_chapters`, ``notebook_profile`` in :mod:`cmpt.book_kernel` and ``freeze_widgets`` in
+#: :mod:`cmpt.book_widgets`; they are importable from here too, as the runner's interface
 __all__ = ["BUILD_LOG", "CHAPTER_TIMES", "BookError", "BookPlan", "Chapter", "build_book", "build_problems",
            "chapter_parameters", "chapter_times", "chapters", "find_root", "freeze_widgets", "notebook_profile",
            "parameters_help", "parse_parameter", "plan_book", "prepare_for_reading", "stage_mathjax"]
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 CHAPTER_TIMES = "chapter_times.json"  # under OUT/_build: {chapter: {"seconds", "profile", "finished"}}
 #: under OUT/_build: the whole output of the last HTML build (Jupyter Book and Sphinx), without colour codes
 BUILD_LOG = "html-build.log"
-#: the first line of the cell papermill injects after a notebook's ``parameters`` cell
-INJECTED_HEADER = "# Parameters"
-#: the two parameters every chapter declares; the rest are the chapter's own
-BOOK_PARAMETERS = ("profile", "overrides")
-
-
-class BookError(CmptError):
-    """A chapter failed, or the book could not be built."""
-
-
-@dataclass(frozen=True)
-class Chapter:
-    """One entry of ``_toc.yml``: its path relative to the root, without suffix."""
-
-    entry: str
-    source: Path
-
-    @property
-    def is_notebook(self) -> bool:
-        return self.source.suffix == ".ipynb"
-
-    @property
-    def stem(self) -> str:
-        return Path(self.entry).name
-
-
 @dataclass
 class BookPlan:
     """What a build will do: the chapters to execute and the parameters of each."""
@@ -131,88 +108,6 @@ class BookPlan:
         return results_root(self.out / "_build" / "results")
 
 
-def find_root(start: Path | None = None) -> Path:
-    """The project root: the checkout holding ``start`` (default: the current folder), else the package's."""
-    for base in (start or Path.cwd(), PACKAGE_DIR.parent):
-        if (found := checkout_root(base.resolve())) is not None:
-            return found
-    raise BookError("no _toc.yml/_config.yml found above the current folder; run from the cmpt checkout")
-
-
-def _toc_entries(toc: dict) -> list[str]:
-    entries = [toc["root"]]
-
-    def walk(items: list) -> None:
-        for item in items or []:
-            if "file" in item:
-                entries.append(item["file"])
-            walk(item.get("sections", []))
-            walk(item.get("chapters", []))
-
-    walk(toc.get("parts", []))
-    walk(toc.get("chapters", []))
-    return entries
-
-
-def chapters(root: Path) -> list[Chapter]:
-    """Every ``_toc.yml`` entry in order, resolved to its source file."""
-    toc = yaml.safe_load((root / "_toc.yml").read_text())
-    found = []
-    for entry in _toc_entries(toc):
-        for suffix in (".ipynb", ".md"):
-            path = root / (entry + suffix)
-            if path.exists():
-                found.append(Chapter(entry, path))
-                break
-        else:
-            raise BookError(f"_toc.yml names {entry!r} but neither {entry}.ipynb nor {entry}.md exists")
-    return found
-
-
-def _notebook_parameters(path: Path) -> dict[str, Any]:
-    import papermill
-
-    return papermill.inspect_notebook(str(path))
-
-
-def chapter_parameters(chapter: Chapter) -> dict[str, dict[str, Any]]:
-    """A notebook's own parameters (not ``profile``/``overrides``): name -> papermill's inspection.
-
-    Each entry has ``default`` (the source text), ``inferred_type_name`` and ``help`` (the
-    comment on the line).
-    """
-    return {name: info for name, info in _notebook_parameters(chapter.source).items() if name not in BOOK_PARAMETERS}
-
-
-def _literal_defaults(declared: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The declared defaults that are Python literals, as values (the rest stay in the notebook)."""
-    values = {}
-    for name, info in declared.items():
-        try:
-            values[name] = ast.literal_eval(info["default"])
-        except (ValueError, SyntaxError, TypeError):
-            continue
-    return values
-
-
-def parameters_help(root: Path) -> str:
-    """What ``cmpt book --help`` lists: each chapter's own parameters, then the profile fields."""
-    lines = ["chapters, in the book's order, and their own parameters",
-             "(-p NAME VALUE reaches the chapters that declare NAME):"]
-    for chapter in chapters(root):
-        if not chapter.is_notebook:
-            continue
-        own = chapter_parameters(chapter)
-        lines.append(f"  {chapter.stem}" + ("" if own else " (no parameters of its own)"))
-        for name, info in own.items():
-            note = f"  # {info['help']}" if info.get("help") else ""
-            lines.append(f"      {name} = {info['default']}{note}")
-    lines.append("")
-    lines.append("profile fields (-p NAME VALUE reaches every chapter; `cmpt profiles -v` shows their values):")
-    lines.append(textwrap.fill(", ".join(PROFILE_FIELDS), width=78, initial_indent="  ", subsequent_indent="  "))
-    return "\n".join(lines)
-
-
 def plan_book(root: Path, out: Path, profile: str, overrides: dict[str, Any],
               only: list[str] | None = None) -> BookPlan:
     """Check profile, overrides and chapter names, and say what each notebook receives.
@@ -222,10 +117,10 @@ def plan_book(root: Path, out: Path, profile: str, overrides: dict[str, Any],
     """
     all_chapters = chapters(root)
     notebooks = [c for c in all_chapters if c.is_notebook]
-    overrides = {k: _plain(v) for k, v in overrides.items()}  # papermill would inject a tuple as its text
+    overrides = {k: plain_value(v) for k, v in overrides.items()}  # papermill would inject a tuple as its text
     profile_overrides = {k: v for k, v in overrides.items() if k in PROFILE_FIELDS}
     get_profile(profile, profile_overrides)  # raises ProfileError with the valid names
-    declared = {c.entry: _notebook_parameters(c.source) for c in notebooks}
+    declared = {c.entry: notebook_parameters(c.source) for c in notebooks}
     for chapter, params in declared.items():
         missing = {"profile", "overrides"} - set(params)
         if missing:
@@ -251,161 +146,18 @@ def plan_book(root: Path, out: Path, profile: str, overrides: dict[str, Any],
         selected = [c for c in all_chapters if c.entry in wanted]
     for name, value in overrides.items():  # a chapter parameter must fit the type of its default
         if name not in PROFILE_FIELDS:
-            hint, example = _chapter_hint(name, declared.values())
-            if hint is not None and not _accepts(value, hint):
-                raise ProfileError(f'-p {name}: "{cli_text(value)}" is not valid '
-                                   f'(expected {_describe(hint, example)})')
+            check_chapter_value(name, value, declared.values())
     parameters, own_declared = {}, {}
     for chapter in selected:
         if chapter.is_notebook:
             # every parameter is injected, defaults included, so the injected cell shows all the page used
             mine = {k: v for k, v in declared[chapter.entry].items() if k not in BOOK_PARAMETERS}
-            defaults = _literal_defaults(mine)
+            defaults = literal_defaults(mine)
             own = {k: v for k, v in overrides.items() if k in declared[chapter.entry] and k not in PROFILE_FIELDS}
             parameters[chapter.entry] = {"profile": profile, "overrides": profile_overrides, **defaults, **own}
             own_declared[chapter.entry] = mine
     return BookPlan(root=root, out=out, profile=profile, chapters=selected, parameters=parameters,
                     overrides=dict(overrides), declared=own_declared)
-
-
-# --------------------------------------------------------------------------- -p values, checked before any work
-
-def _plain(value: Any) -> Any:
-    """``value`` with every tuple a list (papermill writes a tuple into the notebook as a string)."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _hint_of(value: Any) -> Any:
-    """A type hint for a chapter parameter's literal default (None: anything goes)."""
-    if value is None:
-        return Any
-    if isinstance(value, (bool, int, float, str, dict)):
-        return type(value)
-    if isinstance(value, (list, tuple)):
-        kinds = {type(v) for v in value}
-        element = _hint_of(value[0]) if len(kinds) == 1 else Any
-        return list[element]  # type: ignore[valid-type]
-    return Any
-
-
-def _chapter_hint(name: str, declared: typing.Iterable[Mapping[str, Mapping[str, Any]]]) -> tuple[Any, Any]:
-    """(type hint, example) of chapter parameter ``name`` from the first literal default declared; (None, None)."""
-    for params in declared:
-        info = params.get(name)
-        if info is None:
-            continue
-        try:
-            default = ast.literal_eval(info["default"])
-        except (ValueError, SyntaxError, TypeError):
-            continue
-        return _hint_of(default), default
-    return None, None
-
-
-def _expected(name: str, root: Path | None) -> tuple[Any, Any]:
-    """(type hint, example) that ``-p name`` must fit; (None, None) for a name no one declares."""
-    if name in PROFILE_FIELDS:
-        from cmpt.profiles import Profile
-
-        return typing.get_type_hints(Profile)[name], getattr(get_profile("default"), name)
-    if root is None:
-        return None, None
-    try:
-        notebooks = [c for c in chapters(root) if c.is_notebook]
-    except BookError:
-        return None, None
-    return _chapter_hint(name, (_notebook_parameters(c.source) for c in notebooks))
-
-
-def _scalar_ok(value: Any, hint: Any) -> bool:
-    if hint is Any:
-        return True
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True  # a nested hint: left to the profile's own check
-
-
-def _accepts(value: Any, hint: Any) -> bool:
-    """Whether a parsed ``-p`` value fits ``hint`` (a profile field's ``tuple[X, ...]`` also takes one X)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        return all(_scalar_ok(v, args[0]) for v in items)
-    if origin is tuple:
-        return isinstance(value, (list, tuple)) and len(value) == len(args)
-    if origin is list:
-        return isinstance(value, (list, tuple)) and all(_scalar_ok(v, args[0] if args else Any) for v in value)
-    return _scalar_ok(value, hint)
-
-
-_PLURAL = {int: "ints", float: "numbers", str: "names", bool: "True/False values"}
-
-
-def _describe(hint: Any, example: Any) -> str:
-    """What ``-p`` expects, in words, with an example where one is at hand."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if isinstance(example, (list, tuple)) and len(example) > 3:
-        example = list(example[:2])  # an example, not the whole default
-    such = f" such as {cli_text(example)}" if example not in (None, (), [], "") else ""
-    if hint is bool:
-        return "True or False"
-    if hint is int:
-        return f"an integer{such}"
-    if hint is float:
-        return f"a number{such}"
-    if hint is str:
-        return f"a string{such}"
-    if hint is dict:
-        return f"a dict{such or ' such as {}'}"
-    if (origin is tuple and len(args) == 2 and args[1] is Ellipsis) or origin is list:
-        element = args[0] if args else Any
-        if typing.get_origin(element) is None and element in _PLURAL:
-            return f"a list of {_PLURAL[element]}{such}"
-        return f"a list{such}"
-    if origin is tuple:
-        return f"a list of {len(args)} items{such}"
-    return "a Python literal"
-
-
-def _parse_error(err: Exception, text: str) -> str:
-    if isinstance(err, SyntaxError):
-        return err.msg
-    if text.strip()[:1] in ("[", "(", "{"):
-        return "not a Python literal (names inside a list need quotes, e.g. ['a', 'b'])"
-    return "not a Python literal"
-
-
-def parse_parameter(name: str, text: str, root: Path | None = None) -> Any:
-    """The value of ``cmpt book -p NAME TEXT``: a Python literal where it is one, else the string.
-
-    The text is checked against what ``name`` takes (a profile field's type, or the type of the
-    default a chapter declares): a malformed or mistyped value is a :class:`ProfileError` that
-    says what is wrong, e.g. ``-p seeds: "[42,44" is not valid (expected a list of ints such
-    as [42, 44, 100]; parse error: '[' was never closed)``. A name nothing declares is parsed
-    the same way and left for :func:`plan_book` to report.
-    """
-    try:
-        value, problem = ast.literal_eval(text), None
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
-        value, problem = text, _parse_error(err, text)
-    hint, example = _expected(name, root)
-    if hint is None:
-        return value
-    broken = problem is not None and text.strip()[:1] in ("[", "(", "{", "'", '"')
-    if _accepts(value, hint) and not broken:
-        return value
-    detail = f"; parse error: {problem}" if problem else ""
-    raise ProfileError(f'-p {name}: "{text}" is not valid (expected {_describe(hint, example)}{detail})')
 
 
 def package_fingerprint() -> str:
@@ -479,6 +231,7 @@ def _execute(plan: BookPlan, chapter: Chapter, params: dict[str, Any]) -> float:
     seconds = time.perf_counter() - start
     nb = nbformat.read(str(partial), as_version=4)
     prepare_for_reading(nb)
+    number_figures(nb)
     fold_code(nb)
     insert_run_box(nb, _run_box(plan, chapter, params, seconds))
     nbformat.write(nb, str(partial))
@@ -496,11 +249,6 @@ def _run_box(plan: BookPlan, chapter: Chapter, params: dict[str, Any], seconds: 
                    results=plan.results)
 
 
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
-_PROGRESS_MODELS = ("FloatProgressModel", "IntProgressModel")
-
-
 def prepare_for_reading(nb: Any) -> None:
     """Make an executed notebook read well as a page (in place).
 
@@ -513,81 +261,6 @@ def prepare_for_reading(nb: Any) -> None:
         if "parameters" in tags and "hide-cell" not in tags:
             cell.setdefault("metadata", {})["tags"] = [*tags, "hide-cell"]
     freeze_widgets(nb)
-
-
-def freeze_widgets(nb: Any) -> int:
-    """Replace every widget output by the static outputs it showed; drop the widget state (in place).
-
-    A page has no kernel, so a widget there could only show its saved state: an ``Output``
-    widget becomes the outputs it held, a control (a dropdown, a slider) a line naming its value,
-    and a progress bar disappears. No widget JavaScript is then needed to read the page.
-    Returns how many widget outputs were frozen.
-    """
-    import nbformat
-
-    state = nb.get("metadata", {}).get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
-    frozen = 0
-    for cell in nb.cells:
-        if cell.get("cell_type") != "code":
-            continue
-        outputs = []
-        for output in cell.get("outputs", []):
-            view = output.get("data", {}).get(WIDGET_VIEW)
-            if view is None:
-                outputs.append(output)
-                continue
-            frozen += 1
-            outputs.extend(nbformat.from_dict(o) for o in _static_outputs(str(view.get("model_id", "")), state))
-        cell["outputs"] = outputs
-    nb.get("metadata", {}).pop("widgets", None)
-    return frozen
-
-
-def _widget_tree(model_id: str, state: Mapping[str, Any], depth: int = 0) -> Iterator[dict[str, Any]]:
-    """The models under ``model_id`` in display order (containers first, then their children)."""
-    model = state.get(model_id)
-    if model is None or depth > 32:
-        return
-    yield model
-    for child in model.get("state", {}).get("children", []) or []:
-        yield from _widget_tree(str(child).removeprefix("IPY_MODEL_"), state, depth + 1)
-
-
-def _control_value(widget: Mapping[str, Any]) -> Any:
-    labels = widget.get("_options_labels")
-    if labels is not None:
-        index = widget.get("index")
-        if isinstance(index, int) and 0 <= index < len(labels):
-            return labels[index]
-        if isinstance(index, (list, tuple)):
-            return ", ".join(str(labels[i]) for i in index if isinstance(i, int) and 0 <= i < len(labels))
-        return None
-    value = widget.get("value")
-    return value if isinstance(value, (str, int, float, bool)) else None
-
-
-def _static_outputs(model_id: str, state: Mapping[str, Any]) -> list[dict[str, Any]]:
-    models = list(_widget_tree(model_id, state))
-    if any(m.get("model_name") in _PROGRESS_MODELS for m in models):
-        return []  # a progress bar
-    controls, shown = [], []
-    for model in models:
-        name, widget = model.get("model_name", ""), model.get("state", {})
-        if name == "OutputModel":
-            shown.extend(widget.get("outputs", []))
-        elif name in ("HTMLModel", "HTMLMathModel") and widget.get("value"):
-            shown.append({"output_type": "display_data", "metadata": {}, "data": {"text/html": widget["value"]}})
-        elif name == "LabelModel" and widget.get("value"):
-            shown.append({"output_type": "display_data", "metadata": {},
-                          "data": {"text/plain": str(widget["value"])}})
-        elif "children" not in widget:
-            value = _control_value(widget)
-            if value is not None and widget.get("description"):
-                controls.append(f"{widget['description']} `{value}`")
-    if controls:
-        caption = f"*Interactive in JupyterLab; shown here with* {', '.join(controls)}."
-        shown.insert(0, {"output_type": "display_data", "metadata": {}, "data": {"text/markdown": caption}})
-    return shown
 
 
 def chapter_times(build: Path) -> dict[str, dict[str, Any]]:
@@ -847,96 +520,3 @@ def build_book(root: Path, out: Path, profile: str = "default", overrides: dict[
         index = build_html(plan)
         log(f"book: {index}")
     return plan
-
-
-def _assigned_names(source: str) -> list[str] | None:
-    """Names a cell assigns at top level, in order; None if it is not Python."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return None
-    names = []
-    for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
-            node, (ast.AnnAssign, ast.AugAssign)) else []
-        names.extend(t.id for t in targets if isinstance(t, ast.Name))
-    return names
-
-
-def _parameter_cells(history: list[str]) -> tuple[list[str], list[str] | None] | None:
-    """From a kernel's input history: (names papermill injected, the notebook's own parameter names).
-
-    The kernel cannot see cell tags, but it remembers what it ran: papermill's cell starts with
-    ``# Parameters`` and directly follows the notebook's ``parameters`` cell (the last cell that
-    assigns both ``profile`` and ``overrides``). None when the parameters cell ran after any
-    injected cell, or no injected cell ran: then nothing was injected (JupyterLab).
-    """
-    for i in range(len(history) - 1, -1, -1):
-        source = history[i]
-        names = _assigned_names(source)
-        if names is None:
-            continue
-        if source.lstrip().startswith(INJECTED_HEADER + "\n") or source.strip() == INJECTED_HEADER:
-            for earlier in reversed(history[:i]):
-                declared = _assigned_names(earlier)
-                if declared and set(BOOK_PARAMETERS) <= set(declared):
-                    return names, declared
-            return names, None
-        if set(BOOK_PARAMETERS) <= set(names):
-            return None
-    return None
-
-
-def _kernel() -> tuple[list[str], Mapping[str, Any]]:
-    """The IPython kernel's input history (the running cell last) and its user namespace."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return [], {}
-    shell = get_ipython()
-    if shell is None:
-        return [], {}
-    return list(shell.history_manager.input_hist_raw), shell.user_ns
-
-
-def notebook_profile(profile: str | Profile, overrides: Mapping[str, Any] | None = None,
-                     namespace: Mapping[str, Any] | None = None) -> Profile:
-    """A chapter's profile: ``profile`` with ``overrides`` and the profile fields papermill injected.
-
-    The first code cell of every chapter calls ``cmpt.notebook_profile(profile, overrides,
-    globals())``. A profile field passed as a parameter of its own (``papermill ... -p
-    image_size 48``) counts like ``overrides={"image_size": 48}`` (``cmpt book -p`` sends it
-    inside ``overrides``); a name papermill injected that is neither a profile field nor one of
-    the chapter's parameters is an error, as is one given both ways with different values. Only
-    names in papermill's injected cell are read from ``namespace``: a variable of the same name
-    defined in a later cell does not change the profile when the first cell runs again.
-
-    Prints the overrides applied, if any; records the profile as ``profile`` and the results
-    root the chapter uses as ``results_root``.
-    """
-    given = dict(overrides or {})
-    history, user_ns = _kernel()
-    namespace = namespace if namespace is not None else user_ns
-    found = _parameter_cells(history)
-    passed: dict[str, Any] = {}
-    if found is not None:
-        injected, declared = found
-        passed = {n: namespace[n] for n in injected if n in PROFILE_FIELDS and n in namespace}
-        own = set(declared or []) - set(BOOK_PARAMETERS)
-        unknown = [n for n in injected if n not in PROFILE_FIELDS and n not in BOOK_PARAMETERS and n not in own]
-        if unknown and declared is not None:
-            raise ProfileError(
-                f"unknown parameter(s) {', '.join(unknown)}. Profile parameters: {', '.join(PROFILE_FIELDS)}; "
-                f"this chapter's parameters: {', '.join(sorted(own)) or 'none'}")
-    clash = sorted(n for n in passed if n in given and given[n] != passed[n])
-    if clash:
-        raise ProfileError(f"{', '.join(clash)} given both as a parameter and in overrides, with different values")
-    applied = {**given, **passed}
-    cfg = get_profile(profile, applied)
-    if applied:
-        from cmpt.plotting import print_wrapped
-
-        print_wrapped(f"profile {cfg.name}, overrides: " + ", ".join(f"{k}={getattr(cfg, k)!r}" for k in applied))
-    record("profile", cfg.as_dict())
-    record("results_root", str(results_root()))  # where this chapter's runs are read from and written to
-    return cfg

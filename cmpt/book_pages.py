@@ -7,6 +7,9 @@ notebooks stay as their authors wrote them.
   (Jupyter Book tag ``hide-input``: one click shows it, the outputs stay in view) unless the
   cell already carries a ``hide-*`` or ``remove-*`` tag of its own, and the notebook's
   ``parameters`` cell leaves the page (its defaults are listed in the run box).
+* :func:`number_figures` makes every figure a chapter showed with :func:`cmpt.show_figure` a
+  numbered MyST figure with its caption (a cell of its own, with the figure options MyST-NB
+  reads from cell metadata), so the text can refer to it as "Figure 3".
 * :func:`run_box` writes the "Re-run this chapter" box that :func:`insert_run_box` puts right
   after the chapter's title cell: the ``cmpt book`` and papermill commands that re-run the
   page, the chapter's parameters with their defaults and the values used, the execution time,
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["AUTHOR_TAGS", "FOLD_TAG", "RUN_BOX_TITLE", "SUMMARY_MARKER", "chapter_title", "findings_summary",
-           "fold_code", "insert_run_box", "is_stub", "run_box", "stub_notebook"]
+           "fold_code", "insert_run_box", "is_stub", "number_figures", "run_box", "stub_notebook"]
 
 #: the tag that folds a code cell's source on the page and keeps its outputs shown
 FOLD_TAG = "hide-input"
@@ -65,6 +68,67 @@ def fold_code(nb: Any) -> int:
         cell.setdefault("metadata", {})["tags"] = [*tags, FOLD_TAG]
         folded += 1
     return folded
+
+
+def _figure_of(output: Any) -> dict[str, str] | None:
+    from cmpt.plotting import FIGURE_KEY
+
+    meta = output.get("metadata", {}).get(FIGURE_KEY) if output.get("output_type") == "display_data" else None
+    return dict(meta) if isinstance(meta, Mapping) and meta.get("name") and meta.get("caption") else None
+
+
+def number_figures(nb: Any) -> list[str]:
+    """Give each :func:`cmpt.show_figure` output a cell of its own that MyST-NB renders as a numbered figure.
+
+    A code cell's outputs are cut at each such figure: the cell keeps what came before the
+    first one, each figure goes to a new output-only cell (``remove-input``) carrying
+    ``mystnb.figure`` (its name and caption), and what followed it to another output-only
+    cell, so the page keeps the outputs' order. Returns the figure names, in page order; a
+    name used twice is an error (Sphinx labels are global to the book).
+    """
+    import nbformat
+
+    names: list[str] = []
+    cells: list[Any] = []
+    for cell in nb.cells:
+        outputs = cell.get("outputs", []) if cell.get("cell_type") == "code" else []
+        if not any(_figure_of(o) for o in outputs):
+            cells.append(cell)
+            continue
+        cell["outputs"], rest = [], list(outputs)
+        cells.append(cell)
+        pending: list[Any] = []
+        for output in rest:
+            figure = _figure_of(output)
+            if figure is None:
+                pending.append(output)
+                continue
+            if figure["name"] in names:
+                raise ValueError(f"figure name {figure['name']!r} is used twice; each figure needs its own")
+            names.append(figure["name"])
+            _flush(cell, cells, pending)
+            shown = nbformat.v4.new_code_cell(source="", outputs=[output])
+            shown["metadata"] = {"tags": ["remove-input"], "mystnb": {"figure": figure},
+                                 META_KEY: {"figure_of": cell.get("id")}}
+            cells.append(shown)
+        _flush(cell, cells, pending)
+    nb.cells = cells
+    return names
+
+
+def _flush(cell: Any, cells: list[Any], pending: list[Any]) -> None:
+    """Put the outputs waiting in ``pending`` on the page: in ``cell`` while nothing came after it, else a cell of their own."""
+    import nbformat
+
+    if not pending:
+        return
+    if cells[-1] is cell:
+        cell["outputs"].extend(pending)
+    else:
+        extra = nbformat.v4.new_code_cell(source="", outputs=list(pending))
+        extra["metadata"] = {"tags": ["remove-input"], META_KEY: {"outputs_of": cell.get("id")}}
+        cells.append(extra)
+    pending.clear()
 
 
 def chapter_title(nb: Any, fallback: str) -> str:

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["COLUMN_PX", "FIGURE_DPI", "FIGURE_SIZE", "RASTER_ABOVE", "RASTER_DPI", "SVG_BUDGET", "TEXT_WIDTH",
-           "figure_svg",
-           "interval_bars", "markdown_table", "markdown_text", "print_wrapped", "takeaways", "use_book_style"]
+           "FIGURE_KEY", "figure_svg",
+           "interval_bars", "show_figure", "markdown_table", "markdown_text", "print_wrapped", "takeaways", "use_book_style"]
 
 #: the width, in CSS pixels, of the HTML book's output column at a usual window size
 COLUMN_PX = 676
@@ -117,6 +117,36 @@ def figure_svg(fig: Any) -> str | None:
     tag, close, body = rest.partition(">")
     tag = re.sub(r'\b(width|height)="([0-9.]+)pt"', px, tag)
     return head + sep + tag + close + body
+
+
+#: output metadata key under which :func:`show_figure` leaves a figure's caption and name for the book runner
+FIGURE_KEY = "cmpt_figure"
+_FIGURE_NAME = re.compile(r"^fig-[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+
+def show_figure(fig: Any, name: str, caption: str) -> None:
+    """Show ``fig`` as a numbered figure of the book, with ``caption`` under it; closes ``fig``.
+
+    ``name`` (``fig-chapter-what``, unique in the book) is the label the chapter's text
+    refers to with ``{numref}`fig-chapter-what```. The figure is displayed as :func:`figure_svg`
+    with the caption and name in its output metadata (:data:`FIGURE_KEY`); the book runner
+    turns it into a MyST figure (:func:`cmpt.book_pages.number_figures`), so the page numbers
+    it. In JupyterLab it shows as a plain figure.
+    """
+    from IPython.display import display
+
+    if not _FIGURE_NAME.match(name):
+        raise ValueError(f"figure name {name!r} must look like 'fig-chapter-what' (lower case, digits, dashes)")
+    if not caption.strip():
+        raise ValueError(f"figure {name!r} needs a caption")
+    import matplotlib.pyplot as plt
+
+    svg = figure_svg(fig)
+    plt.close(fig)
+    if svg is None:
+        raise ValueError(f"figure {name!r} has nothing drawn")
+    display({"image/svg+xml": svg, "text/plain": f"<Figure {name}>"}, raw=True,
+            metadata={FIGURE_KEY: {"name": name, "caption": caption.strip()}})
 
 
 def _show_figures_as_svg() -> None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from cmpt.errors import InputError, check_names
+from cmpt.errors import InputError
 from cmpt.profiles import Profile
 from cmpt.settings import REGISTRY, get_setting
 

@@ -34,7 +34,7 @@ from cmpt.backbones.vision import PromptedViT
 from cmpt.errors import InputError, check_names
 from cmpt.prompts import check_width
 from cmpt.transfer import (AttentionPrompt, FixedPrompt, LearnedPrompt, NoPrompt, ProjectedPrompt, PromptSource,
-                           random_reference_prompt, vpt_init_)
+                           random_reference_prompt)
 
 __all__ = ["HEAD_ONLY", "MAIN_SETTINGS", "REGISTRY", "SAME_WIDTH_SETTINGS", "SETTINGS", "SOURCE_SETTINGS", "BuildInputs", "Setting",
            "accepts_width", "get_setting", "make_prompt_source", "paper_search", "register"]

@@ -26,7 +26,6 @@ independent replicates of the ground truth with each other.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any

@@ -2,7 +2,8 @@
 // Evaluated by tests/test_browser.py in headless Chromium after the page loaded; resolves to
 // {problems: [{kind, where, code, setup, detail}], counts: {...}}: `where` names the cell (its number on the
 // page and its first line of code, also in `code`) or the section; `setup` is true in the parameters cells
-// and the first code cell after them. Kinds: "math", "width", "traceback", "bare".
+// and the first code cell after them. Kinds: "math", "width", "traceback", "bare", "figure" (a figure with no
+// number and caption).
 (async () => {
   const problems = [];
   const article = document.querySelector("article.bd-article") || document.querySelector("main") || document.body;
@@ -87,6 +88,16 @@
         add("width", el, `${what} ${wide} px wide in a ${column} px column (scrolls sideways)`);
         reported.push(el);
       }
+    }
+  }
+
+  // figures: every image in an output is a numbered figure with a caption (cmpt.show_figure)
+  for (const img of article.querySelectorAll("div.cell_output img")) {
+    const figure = img.closest("figure");
+    const number = figure && figure.querySelector("figcaption .caption-number");
+    const text = figure && figure.querySelector("figcaption .caption-text");
+    if (!number || !text || !text.innerText.trim()) {
+      add("figure", img, "a figure without a number and caption (show it with cmpt.show_figure)");
     }
   }
 

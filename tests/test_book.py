@@ -195,6 +195,7 @@ def _check_performance(rec: dict) -> None:
     assert all(v is not None and v > 0 for v in figures.values())
     assert rec["performance/images_per_s"]["cmpt"] > 0 and rec["performance/images_per_s"]["reference"] > 0
     assert rec["performance/parity_max_logit_diff"] < 1e-4 and rec["performance/mmd_max_rel_diff"] < 1e-9
+    assert 0 <= rec["performance/head_only_parity_max_loss_diff"] < 1e-4  # cached features train the same head
     grid = rec["performance/paper_grid"]
     # 19 targets, 3 final seeds; grids: 36 points (VPT's 9 x 4) for linear, random, random_xavier, vpt,
     # vpt_deep, spt and frozen (x 13 sources), 1 for projection (x 13), 10 l_s + 8 x 4 for attention (x 13)
@@ -380,9 +381,9 @@ def test_plain_papermill_fails_loudly_on_an_unknown_parameter(tmp_path):
 
 
 def _fake_kernel(monkeypatch, *cells: str) -> None:
-    import cmpt.book
+    import cmpt.book_kernel
 
-    monkeypatch.setattr(cmpt.book, "_kernel", lambda: (["", *cells], {}))
+    monkeypatch.setattr(cmpt.book_kernel, "_kernel", lambda: (["", *cells], {}))
 
 
 PARAMS_CELL = 'profile = "default"\noverrides = {}\nshots = [1, 4]\n'

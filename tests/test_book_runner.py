@@ -18,7 +18,7 @@ import nbformat
 import pytest
 
 from cmpt.book import BookError, build_html, build_problems, parse_parameter, plan_book
-from cmpt.book_pages import RUN_BOX_TITLE, fold_code, insert_run_box, run_box
+from cmpt.book_pages import RUN_BOX_TITLE, fold_code, insert_run_box, number_figures, run_box
 from cmpt.chapter_values import ENV_VAR
 from cmpt.profiles import ProfileError
 
@@ -99,6 +99,52 @@ def test_reading_mode_folds_code_and_keeps_what_authors_tagged():
     assert tags[0] == [] and tags[6] == []  # markdown untouched
     fold_code(nb)
     assert [c.metadata.get("tags", []) for c in nb.cells] == tags  # idempotent
+
+
+def test_figures_become_numbered_figure_cells_in_the_order_they_were_shown(monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cmpt.plotting import FIGURE_KEY, show_figure
+
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda data, raw, metadata: shown.append((data, metadata)))
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    show_figure(fig, "fig-test-line", "A falling line.")
+    (data, meta), = shown
+    assert data["image/svg+xml"].lstrip().startswith(("<?xml", "<svg")) and not plt.get_fignums()  # closed
+    assert meta == {FIGURE_KEY: {"name": "fig-test-line", "caption": "A falling line."}}
+    with pytest.raises(ValueError, match="must look like 'fig-chapter-what'"):
+        show_figure(plt.figure(), "Figure 1", "x")
+    with pytest.raises(ValueError, match="needs a caption"):
+        show_figure(plt.figure(), "fig-empty", " ")
+
+    def figure_output(name):
+        return nbformat.v4.new_output("display_data", data={"image/svg+xml": "<svg/>"},
+                                      metadata={FIGURE_KEY: {"name": name, "caption": f"Caption of {name}."}})
+
+    def text(value):
+        return nbformat.v4.new_output("stream", name="stdout", text=value)
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("plot()")
+    cell.outputs = [text("before"), figure_output("fig-a"), text("between"), figure_output("fig-b"), text("after")]
+    nb.cells = [nbformat.v4.new_markdown_cell("See {numref}`fig-a`."), cell, nbformat.v4.new_code_cell("x = 1")]
+    assert number_figures(nb) == ["fig-a", "fig-b"]
+    kinds = [(c.source, [o.get("text") or o["metadata"][FIGURE_KEY]["name"] for o in c.get("outputs", [])],
+              c.metadata.get("mystnb", {}).get("figure", {}).get("name")) for c in nb.cells[1:]]
+    assert kinds == [("plot()", ["before"], None), ("", ["fig-a"], "fig-a"), ("", ["between"], None),
+                     ("", ["fig-b"], "fig-b"), ("", ["after"], None), ("x = 1", [], None)]
+    assert all(c.metadata["tags"] == ["remove-input"] for c in nb.cells[2:6])
+    assert nb.cells[2].metadata["mystnb"]["figure"]["caption"] == "Caption of fig-a."
+    nbformat.validate(nb)
+    twice = nbformat.v4.new_notebook()
+    twice.cells = [nbformat.v4.new_code_cell("a", outputs=[figure_output("fig-a"), figure_output("fig-a")])]
+    with pytest.raises(ValueError, match="'fig-a' is used twice"):
+        number_figures(twice)
 
 
 def test_run_box_follows_the_title_with_both_commands_parameters_and_time(tmp_path):
@@ -208,6 +254,7 @@ def test_partial_build_executes_one_chapter_and_builds_its_page_with_run_box_and
     assert page.count("tag_hide-input") >= 5 and "Show code cell source" in page
     assert "tag_parameters" not in page
     assert re.search(r'<img [^>]*src="[^"]+\.svg"', page), "figures are SVG"
+    assert page.count('<span class="caption-number">Fig. ') == page.count('<img ') >= 2, "every figure numbered"
     # the chapter ends with what its run shows, in a box
     assert re.search(r'<div class="important admonition">\s*<p class="admonition-title">What this run shows</p>', page)
     executed = nbformat.read(out / "_build" / "executed" / "book" / f"{CHAPTER}.ipynb", as_version=4)

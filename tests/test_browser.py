@@ -207,6 +207,13 @@ def test_outputs_fit_the_column(book_pages):
 
 @pytest.mark.slow
 @pytest.mark.browser
+def test_every_figure_is_numbered_with_a_caption(book_pages):
+    assert sum(found["counts"]["images"] for found in book_pages.values()) > 10
+    _assert_clean(book_pages, {"figure"}, "figures without a number and caption")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
 def test_pages_show_no_tracebacks_or_bare_numbers(book_pages):
     _assert_clean(book_pages, {"traceback", "bare"}, "tracebacks or stray bare-number outputs")
 
@@ -225,6 +232,10 @@ BAD_PAGE = """<!doctype html><html><body><article class="bd-article" style="widt
   <div class="cell_output"><div class="output traceback"><pre>ZeroDivisionError: division by zero</pre></div></div></div>
 <div class="cell"><div class="cell_input"><pre>fine</pre></div>
   <div class="cell_output"><div class="output text_plain"><pre>accuracy 0.52 on 4 tasks</pre></div></div></div>
+<div class="cell"><div class="cell_input"><pre>cmpt.show_figure(fig, "fig-x", "What it shows.")</pre></div>
+  <div class="cell_output"><figure><img src="data:image/svg+xml;utf8,%3Csvg xmlns='http://www.w3.org/2000/svg'
+  width='100' height='100'%3E%3C/svg%3E"><figcaption><p><span class="caption-number">Fig. 1 </span>
+  <span class="caption-text">What it shows.</span></p></figcaption></figure></div></div>
 </article></body></html>""".replace("LINE", "x" * 400)
 
 
@@ -240,6 +251,7 @@ def test_page_checks_catch_each_problem(tmp_path):
     assert ("bare", "cell 1") in found
     assert ("width", "cell 2") in found and ("width", "cell 3") in found
     assert ("traceback", "cell 4") in found
+    assert ("figure", "cell 2") in found and ("figure", "cell 6") not in found  # cell 6: a numbered figure
     assert not any(p["where"].startswith("cell 5") for p in problems), problems
 
 

@@ -382,3 +382,16 @@ def test_fast_path_on_cuda_matches_the_reference():
     fast, ref = fast.cuda(), ref.cuda()
     images = _images().cuda()
     torch.testing.assert_close(fast(vit.embed(images)), ref(images), rtol=1e-3, atol=1e-3)
+
+
+def test_loss_curve_parity_sees_a_difference_in_any_epoch_or_the_final_validation():
+    from cmpt.perf import loss_curve_diff
+
+    def record(losses, val):
+        return {"metrics_per_epoch": [{"train_loss": v} for v in losses], "final": {"val_loss": val}}
+
+    assert loss_curve_diff(record([2.0, 1.0, 0.5], 0.7), record([2.0, 1.0, 0.5], 0.7)) == 0
+    assert loss_curve_diff(record([2.0, 1.0, 0.5], 0.7), record([2.0, 1.25, 0.5], 0.7)) == pytest.approx(0.25)
+    assert loss_curve_diff(record([2.0], 0.7), record([2.0], 0.9)) == pytest.approx(0.2)
+    with pytest.raises(ValueError):  # curves of different lengths are not the same run
+        loss_curve_diff(record([2.0, 1.0], 0.7), record([2.0], 0.7))
