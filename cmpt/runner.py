@@ -2,13 +2,15 @@
 
 :func:`run_target` builds the untrained classifier of a config, trains it with
 :func:`cmpt.train.fit` (head-only settings on cached CLS features) and returns the record the
-results store keeps. :class:`TargetRunner` is the run function of a sweep: it loads the vision
-backbone and each target's data once and keeps them for the configs that follow, and saves each
-trained model beside its record.
+results store keeps. :class:`TargetRunner` is the run function of a sweep: it saves each trained
+model beside its record. The vision backbone and each target's embedded data are loaded once per
+process (:func:`loaded_backbone`, :func:`loaded_target`) and shared by every runner and sweep of the
+same profile that follows, so a chapter that runs ten sweeps embeds its targets once.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,7 +30,45 @@ from cmpt.target_data import TargetData, prepare_target
 from cmpt.train import TrainConfig, fit, resolve_device
 from cmpt.transfer import AttentionPrompt, PromptedClassifier
 
-__all__ = ["TargetRunner", "build_classifier", "reference_norm", "run_target", "subset_indices", "train_config"]
+__all__ = ["SHARED_TARGETS", "TargetRunner", "build_classifier", "forget_loaded", "loaded_backbone", "loaded_target", "reference_norm",
+           "run_target", "subset_indices", "train_config"]
+
+#: embedded targets a process keeps for later runners (the least recently used beyond this are dropped)
+SHARED_TARGETS = 8
+_BACKBONES: dict[tuple[Any, ...], PromptedViT] = {}
+_TARGETS: OrderedDict[tuple[Profile, str], TargetData] = OrderedDict()
+
+
+def loaded_backbone(profile: Profile) -> PromptedViT:
+    """The vision backbone of ``profile``, loaded once per process (frozen: every run shares it)."""
+    key = (profile.vision_backbone, profile.image_size, profile.prompt_layout, profile.image_mean, profile.image_std)
+    if key not in _BACKBONES:
+        _BACKBONES[key] = load_vision_backbone(profile.vision_backbone, profile.image_size, layout=profile.prompt_layout,
+                                               mean=profile.image_mean, std=profile.image_std)
+    return _BACKBONES[key]
+
+
+def forget_loaded() -> None:
+    """Drop the backbones and targets this process shares (after their files or the data registry changed)."""
+    _BACKBONES.clear()
+    _TARGETS.clear()
+
+
+def loaded_target(profile: Profile, name: str) -> TargetData:
+    """Target ``name`` of ``profile``, embedded by :func:`loaded_backbone` once per process.
+
+    Its cached features (per fixed prompt, :class:`~cmpt.target_data.TargetData`) are shared too:
+    a frozen prompt's features computed for one sweep serve the next. The last
+    :data:`SHARED_TARGETS` targets are kept.
+    """
+    key = (profile, name)
+    if key in _TARGETS:
+        _TARGETS.move_to_end(key)
+        return _TARGETS[key]
+    data = _TARGETS[key] = prepare_target(name, profile, loaded_backbone(profile))
+    while len(_TARGETS) > SHARED_TARGETS:
+        _TARGETS.popitem(last=False)
+    return data
 
 
 def subset_indices(task: ImageTask, spec: Mapping[str, Any], sizes: tuple[int, ...] | list[int]) -> np.ndarray:
@@ -160,8 +200,9 @@ def reference_norm(prompts: Mapping[str, Prompt]) -> float:
 class TargetRunner:
     """The run function of target configs of one profile: ``runner(config) -> record``.
 
-    Loads the vision backbone and each target's embedded data once, on first use, and keeps
-    them for the configs that follow (one sweep, or every task a Ray worker process runs).
+    The vision backbone and each target's embedded data come from :func:`loaded_backbone` and
+    :func:`loaded_target`: loaded on first use in this process, then shared with every runner
+    of the same profile (the sweeps of a chapter, or every task a Ray worker process runs).
     With ``save_models`` each run's trained prompt and head go to the store's ``model_path``.
     """
 
@@ -175,13 +216,10 @@ class TargetRunner:
 
     def target(self, name: str) -> TargetData:
         """The data of target ``name``, embedded where it fits the cache budget (loaded once)."""
-        profile = self.profile
         if self.backbone is None:
-            self.backbone = load_vision_backbone(profile.vision_backbone, profile.image_size,
-                                                 layout=profile.prompt_layout, mean=profile.image_mean,
-                                                 std=profile.image_std)
+            self.backbone = loaded_backbone(self.profile)
         if name not in self.data:
-            self.data[name] = prepare_target(name, profile, self.backbone)
+            self.data[name] = loaded_target(self.profile, name)
         return self.data[name]
 
     def source_prompt(self, config: TargetConfig) -> Prompt | None:

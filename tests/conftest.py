@@ -25,6 +25,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["CMPT_RESULTS"] = tempfile.mkdtemp(prefix="cmpt-test-results-")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_shared_targets():
+    """Each test loads its own backbones and targets (a test may register data or move the cache)."""
+    yield
+    from cmpt.runner import forget_loaded
+
+    forget_loaded()
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

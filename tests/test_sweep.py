@@ -312,3 +312,24 @@ def test_ray_sweep_loses_nothing_to_a_killed_worker_and_matches_local(tmp_path, 
     assert table.attrs["sweep"]["ran"] == 2 and table.attrs["sweep"]["skipped"] == len(configs)
     assert len(table) == len(configs) + 2
     assert len(list((store.root / "prompts" / "staged").iterdir())) == len(bank)  # the bank lives in the other store
+
+
+def test_sweeps_of_one_profile_load_the_backbone_and_embed_each_target_once(tmp_path, monkeypatch):
+    import cmpt.runner
+    from cmpt.profiles import get_profile
+    from cmpt.results import ResultsStore
+    from cmpt.run_config import setting_configs
+    from cmpt.sweep import target_sweep
+
+    profile = get_profile("smoke")
+    loads, embeds = [], []
+    real_load, real_prepare = cmpt.runner.load_vision_backbone, cmpt.runner.prepare_target
+    monkeypatch.setattr(cmpt.runner, "load_vision_backbone", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    monkeypatch.setattr(cmpt.runner, "prepare_target", lambda *a, **k: embeds.append(a[0]) or real_prepare(*a, **k))
+    store = ResultsStore(tmp_path / "smoke")
+    target = profile.image_tasks[0]
+    for setting in ("linear", "random"):  # two sweeps, as a chapter runs them
+        table = target_sweep(profile, setting_configs(profile, setting, [target]), store=store, save_models=False)
+        assert len(table) == len(profile.seeds)
+    # the rate calibration visits every target of the profile; each is embedded once over both sweeps
+    assert len(loads) == 1 and sorted(embeds) == sorted(profile.image_tasks)
