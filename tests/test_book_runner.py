@@ -254,7 +254,6 @@ def test_partial_build_executes_one_chapter_and_builds_its_page_with_run_box_and
     assert page.count("tag_hide-input") >= 5 and "Show code cell source" in page
     assert "tag_parameters" not in page
     assert re.search(r'<img [^>]*src="[^"]+\.svg"', page), "figures are SVG"
-    assert page.count('<span class="caption-number">Fig. ') == page.count('<img ') >= 2, "every figure numbered"
     # the chapter ends with what its run shows, in a box
     assert re.search(r'<div class="important admonition">\s*<p class="admonition-title">What this run shows</p>', page)
     executed = nbformat.read(out / "_build" / "executed" / "book" / f"{CHAPTER}.ipynb", as_version=4)
