@@ -111,6 +111,7 @@ def test_figures_become_numbered_figure_cells_in_the_order_they_were_shown(monke
 
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda data, raw, metadata: shown.append((data, metadata)))
+    plt.close("all")  # other tests may leave figures open
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
     show_figure(fig, "fig-test-line", "A falling line.")
