@@ -84,7 +84,8 @@ def number_figures(nb: Any) -> list[str]:
     first one, each figure goes to a new output-only cell (``remove-input``) carrying
     ``mystnb.figure`` (its name and caption), and what followed it to another output-only
     cell, so the page keeps the outputs' order. Returns the figure names, in page order; a
-    name used twice is an error (Sphinx labels are global to the book).
+    name used twice is an error (Sphinx labels are global to the book). The new cells' source
+    is a one-line comment: MyST-NB leaves a code cell without source off the page.
     """
     import nbformat
 
@@ -107,7 +108,8 @@ def number_figures(nb: Any) -> list[str]:
                 raise ValueError(f"figure name {figure['name']!r} is used twice; each figure needs its own")
             names.append(figure["name"])
             _flush(cell, cells, pending)
-            shown = nbformat.v4.new_code_cell(source="", outputs=[output])
+            shown = nbformat.v4.new_code_cell(source=f"# {figure['name']}: shown by the cell above",
+                                              outputs=[output])
             shown["metadata"] = {"tags": ["remove-input"], "mystnb": {"figure": figure},
                                  META_KEY: {"figure_of": cell.get("id")}}
             cells.append(shown)
@@ -125,7 +127,7 @@ def _flush(cell: Any, cells: list[Any], pending: list[Any]) -> None:
     if cells[-1] is cell:
         cell["outputs"].extend(pending)
     else:
-        extra = nbformat.v4.new_code_cell(source="", outputs=list(pending))
+        extra = nbformat.v4.new_code_cell(source="# more output of the cell above", outputs=list(pending))
         extra["metadata"] = {"tags": ["remove-input"], META_KEY: {"outputs_of": cell.get("id")}}
         cells.append(extra)
     pending.clear()

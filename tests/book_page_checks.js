@@ -78,6 +78,7 @@
     for (const el of out.querySelectorAll("*")) {
       if (reported.some((r) => r.contains(el) || el.contains(r))) continue;
       if (el.parentElement && el.parentElement.closest("mjx-container")) continue;  // MathJax's own layout
+      if (el.matches("a.headerlink")) continue;  // a caption's "#" link, shown on hover beside its last line
       const rect = el.getBoundingClientRect();
       const scrolls = getComputedStyle(el).overflowX !== "visible" && el.clientWidth > 0
         && el.scrollWidth - el.clientWidth > 8;  // a few pixels are rounding (inline math clips its margin)

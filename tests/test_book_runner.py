@@ -135,10 +135,12 @@ def test_figures_become_numbered_figure_cells_in_the_order_they_were_shown(monke
     cell.outputs = [text("before"), figure_output("fig-a"), text("between"), figure_output("fig-b"), text("after")]
     nb.cells = [nbformat.v4.new_markdown_cell("See {numref}`fig-a`."), cell, nbformat.v4.new_code_cell("x = 1")]
     assert number_figures(nb) == ["fig-a", "fig-b"]
-    kinds = [(c.source, [o.get("text") or o["metadata"][FIGURE_KEY]["name"] for o in c.get("outputs", [])],
+    kinds = [([o.get("text") or o["metadata"][FIGURE_KEY]["name"] for o in c.get("outputs", [])],
               c.metadata.get("mystnb", {}).get("figure", {}).get("name")) for c in nb.cells[1:]]
-    assert kinds == [("plot()", ["before"], None), ("", ["fig-a"], "fig-a"), ("", ["between"], None),
-                     ("", ["fig-b"], "fig-b"), ("", ["after"], None), ("x = 1", [], None)]
+    assert kinds == [(["before"], None), (["fig-a"], "fig-a"), (["between"], None),
+                     (["fig-b"], "fig-b"), (["after"], None), ([], None)]
+    assert nb.cells[1].source == "plot()" and nb.cells[-1].source == "x = 1"
+    assert all(c.source.startswith("# ") for c in nb.cells[2:6])  # MyST-NB drops a code cell without source
     assert all(c.metadata["tags"] == ["remove-input"] for c in nb.cells[2:6])
     assert nb.cells[2].metadata["mystnb"]["figure"]["caption"] == "Caption of fig-a."
     nbformat.validate(nb)
@@ -255,6 +257,8 @@ def test_partial_build_executes_one_chapter_and_builds_its_page_with_run_box_and
     assert page.count("tag_hide-input") >= 5 and "Show code cell source" in page
     assert "tag_parameters" not in page
     assert re.search(r'<img [^>]*src="[^"]+\.svg"', page), "figures are SVG"
+    assert page.count('<span class="caption-number">Fig. ') == page.count('<img ') >= 2, "every figure numbered"
+    assert 'href="#fig-baselines-curves"' in page, "the text cites a figure by its number"
     # the chapter ends with what its run shows, in a box
     assert re.search(r'<div class="important admonition">\s*<p class="admonition-title">What this run shows</p>', page)
     executed = nbformat.read(out / "_build" / "executed" / "book" / f"{CHAPTER}.ipynb", as_version=4)

@@ -172,10 +172,8 @@ def book_pages(smoke_book) -> dict[str, dict]:
 KNOWN: dict[str, set[str]] = {
     # pandas tables wider than the column (every figure and printed line fits)
     "width": set(),
-    # chapters whose figures are not yet shown with cmpt.show_figure (numbered, captioned)
-    "figure": {"book/attention_maps", "book/attention_transfer", "book/baselines", "book/data_scarcity",
-               "book/findings", "book/inputs", "book/performance", "book/source_prompts",
-               "book/theory_prompt_attention", "book/transfer", "book/transferability"},
+    # chapters with figures not shown with cmpt.show_figure (numbered, captioned)
+    "figure": set(),
 }
 
 
