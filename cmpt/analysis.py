@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from cmpt.data import IMAGE_TASKS
+from cmpt.data.image_tasks import IMAGE_GROUPS as GROUP_ORDER
+from cmpt.data.image_tasks import group_of
 
 __all__ = ["CONVERGED", "GROUP_ORDER", "convergence_table", "group_of", "group_summary", "loss_curves",
            "mean_over_seeds", "unconverged"]
 
 #: last-epoch train accuracy at which a run counts as fitting its training set
 CONVERGED = 0.95
-
-GROUP_ORDER = ("Natural", "Specialized", "Structured")
-
-
-def group_of(task: str) -> str:
-    """VTAB-style group of an image task (embedded or VTAB name)."""
-    spec = IMAGE_TASKS.get(task)
-    if spec is not None:
-        return spec.group
-    from cmpt.data import VTAB_TASKS
-
-    return VTAB_TASKS[task].group
-
 
 def mean_over_seeds(table: pd.DataFrame, keys: list[str], metric: str = "test_acc") -> pd.DataFrame:
     """Mean and standard deviation of ``metric`` over seeds, per ``keys``; with run counts."""

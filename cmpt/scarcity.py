@@ -1,4 +1,6 @@
-"""Data scarcity: accuracy against training-set size, on fixed subsets, through the results store.
+"""Data scarcity: the runs of accuracy against training-set size, on fixed subsets, through the results store.
+
+The curves drawn from their table are :mod:`cmpt.scarcity_curves`.
 
 The protocol (CoOp's, adapted; the CMPT paper does not publish its counts):
 
@@ -29,8 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cmpt.analysis import GROUP_ORDER, group_of
 from cmpt.data import IMAGE_TASKS, VTAB_TASKS, load_image_task
+from cmpt.data.image_tasks import IMAGE_GROUPS, group_of
 from cmpt.results import ResultsStore, config_hash
 from cmpt.run_config import TargetConfig, default_concentrated, epochs_for, setting_configs, warmup_for
 from cmpt.calibration import resolve_rates
@@ -39,12 +41,11 @@ from cmpt.settings import get_setting
 from cmpt.sweep import target_sweep
 from cmpt.profiles import Profile
 
-__all__ = ["CHOICES", "choose_sources", "equal_step_epochs", "curves",
-           "default_targets", "gain_over", "group_curves", "plan_runs", "run_scarcity", "subset_plan"]
+__all__ = ["CHOICES", "choose_sources", "default_targets", "equal_step_epochs", "plan_runs", "run_scarcity",
+           "subset_plan"]
 
 CHOICES = {"none": "no source", "val": "source chosen on validation",
            "oracle": "source chosen on test (ground truth; an oracle)"}
-_KEYS = ["target", "regime", "k", "fraction", "label", "n_train"]
 
 
 def _num_classes(name: str, profile: Profile) -> int:
@@ -63,7 +64,7 @@ def default_targets(profile: Profile) -> list[str]:
         group = group_of(task)
         if group not in best or _num_classes(task, profile) < _num_classes(best[group], profile):
             best[group] = task
-    return [best[g] for g in GROUP_ORDER if g in best]
+    return [best[g] for g in IMAGE_GROUPS if g in best]
 
 
 def _subset_row(task: Any, regime: str, value: float, seed: int, indices: np.ndarray, train: np.ndarray) -> dict:
@@ -208,38 +209,3 @@ def run_scarcity(profile: Profile, runs: Sequence[tuple[dict[str, Any], TargetCo
                      "last_train_acc": final.get("last_train_acc"), "epochs": config.epochs,
                      "wall_time_s": record.get("wall_time_s"), "hash": config_hash(config)})
     return pd.DataFrame(rows)
-
-
-def curves(tidy: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over seeds per setting, choice and training set."""
-    keys = ["setting", "choice"] + _KEYS
-    out = tidy.groupby(keys, dropna=False)["test_acc"].agg(["mean", "std", "count"]).reset_index()
-    return out.rename(columns={"mean": "test_acc", "std": "test_acc_std", "count": "seeds"})
-
-
-def group_curves(tidy: pd.DataFrame) -> pd.DataFrame:
-    """Per VTAB-style group: mean over its targets of the per-target mean over seeds, per training-set label.
-
-    ``"mean of group means"`` is added as a group of its own.
-    """
-    per_target = curves(tidy)
-    per_target["group"] = per_target["target"].map(group_of)
-    keys = ["setting", "choice", "regime", "k", "fraction", "label"]
-    groups = per_target.groupby(keys + ["group"], dropna=False)["test_acc"].mean().reset_index()
-    overall = groups.groupby(keys, dropna=False)["test_acc"].mean().reset_index().assign(group="mean of group means")
-    return pd.concat([groups, overall], ignore_index=True)
-
-
-def gain_over(tidy: pd.DataFrame, reference: str = "vpt") -> pd.DataFrame:
-    """Test accuracy of every other setting minus ``reference``'s on the same target, training set and seed.
-
-    Mean (and sd) over seeds, one row per setting, choice, target and training set.
-    """
-    ref = tidy[tidy.setting == reference][["target", "label", "seed", "test_acc"]].rename(columns={"test_acc": "ref"})
-    others = tidy[tidy.setting != reference].merge(ref, on=["target", "label", "seed"], how="inner")
-    others["gain"] = others["test_acc"] - others["ref"]
-    if "source" not in others:
-        others["source"] = None
-    keys = ["setting", "choice", "source"] + _KEYS
-    out = others.groupby(keys, dropna=False, sort=False)["gain"].agg(["mean", "std"]).reset_index()
-    return out.rename(columns={"mean": "gain", "std": "gain_std"})

@@ -15,8 +15,8 @@ from cmpt.data import load_image_task
 from cmpt.runner import subset_indices
 from cmpt.profiles import get_profile
 from cmpt.results import ResultsStore
-from cmpt.scarcity import (choose_sources, default_targets, equal_step_epochs, gain_over,
-                           plan_runs, run_scarcity, subset_plan)
+from cmpt.scarcity import choose_sources, default_targets, equal_step_epochs, plan_runs, run_scarcity, subset_plan
+from cmpt.scarcity_curves import gain_over
 
 SMOKE = get_profile("smoke")
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ from cmpt.data.task import ImageTask, to_tensor
 from cmpt.data.vtab import VTAB_TASKS, load_vtab_folder
 from cmpt.profiles import Profile
 
-__all__ = ["IMAGE_GROUPS", "IMAGE_TASKS", "ImageTask", "ImageTaskSpec", "load_image_task", "to_tensor"]
+__all__ = ["IMAGE_GROUPS", "IMAGE_TASKS", "ImageTask", "ImageTaskSpec", "group_of", "load_image_task", "to_tensor"]
 
 IMAGE_GROUPS = ("Natural", "Specialized", "Structured")
 ANIMAL_MNIST = ("animal-mnist", "0.4", "animal_mnist/data/Animal_MNIST/animal_{}_version_3.gz")
@@ -160,6 +160,12 @@ IMAGE_TASKS: dict[str, ImageTaskSpec] = {s.name: s for s in (
                   "3-10 flat coloured objects; label = count - 3 (VTAB clevr_count)", _GEN_SOURCE,
                   _generated("clevr_count")),
 )}
+
+
+def group_of(task: str) -> str:
+    """VTAB-style group of an image task (embedded or VTAB-1k name)."""
+    spec = IMAGE_TASKS.get(task)
+    return spec.group if spec is not None else VTAB_TASKS[task].group
 
 
 def _use_vtab(name: str, profile: Profile, source: str) -> bool:
