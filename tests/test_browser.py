@@ -154,13 +154,28 @@ def check_pages(pages: dict[str, Path]) -> dict[str, dict]:
         browser.close()
 
 
+#: a built book's folder (the one that holds ``_build/html``) for the page checks to read instead of the
+#: smoke book, e.g. ``CMPT_CHECK_BOOK=$PWD pytest tests/test_browser.py -k "numbered or fit or bare or offline"``
+#: after ``make book``
+CHECK_BOOK_ENV = "CMPT_CHECK_BOOK"
+
+
 @pytest.fixture(scope="module")
-def book_pages(smoke_book) -> dict[str, dict]:
-    """The reader checks on every page of the smoke book, opened as files with no network."""
+def checked_book(request) -> Path:
+    """The built book the page checks read: $CMPT_CHECK_BOOK if set, else the smoke book."""
+    built = os.environ.get(CHECK_BOOK_ENV)
+    return Path(built) if built else request.getfixturevalue("smoke_book")[0]
+
+
+@pytest.fixture(scope="module")
+def book_pages(checked_book) -> dict[str, dict]:
+    """The reader checks on every page of the checked book, opened as files with no network."""
     _need_chromium()
     from cmpt.book import chapters
 
-    html = smoke_book[0] / "_build" / "html"
+    html = checked_book / "_build" / "html"
+    missing = [c.entry for c in chapters(ROOT) if not (html / (c.entry + ".html")).is_file()]
+    assert not missing, f"{html} lacks the pages {missing}: build the book first (make book)"
     pages = {c.entry: html / (c.entry + ".html") for c in chapters(ROOT)}
     return check_pages(pages)
 
@@ -194,8 +209,8 @@ def _assert_clean(report: dict[str, dict], kinds: set[str], what: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_book_reads_offline_with_math_typeset(book_pages, smoke_book):
-    mathjax = smoke_book[0] / "_build" / "html" / "_static" / "mathjax"
+def test_book_reads_offline_with_math_typeset(book_pages, checked_book):
+    mathjax = checked_book / "_build" / "html" / "_static" / "mathjax"
     assert (mathjax / "tex-svg.js").is_file() and (mathjax / "LICENSE").is_file()
     assert sum(found["counts"]["typeset"] for found in book_pages.values()) > 0, "no formula was typeset"
     _assert_clean(book_pages, {"network", "math"}, "pages that need the network or show raw TeX")
