@@ -202,3 +202,64 @@ def test_every_kind_of_import_is_an_edge(tmp_path):
     assert cycles(graph) == [["cmpt.sub", "cmpt.sub.leaf", "cmpt.typed"]]
     assert describe(graph, files, tmp_path) == ("- {cmpt.sub, cmpt.sub.leaf, cmpt.typed}: cmpt.sub -> cmpt.sub.leaf "
                                                 "(cmpt/sub/__init__.py:1) -> cmpt.sub (cmpt/sub/leaf.py:5)")
+
+
+#: The floors of the package, top first: a module imports only from its own floor or the floors above it,
+#: so data flows one way (docs/architecture.md draws the same). A name stands for a module or a package
+#: with everything under it (``cmpt``, the package's own ``__init__``, for itself only); every module must
+#: be on a floor.
+FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("foundation", ("cmpt.errors", "cmpt.atomic", "cmpt.jsonable", "cmpt.devices", "cmpt.assets", "cmpt.stats",
+                    "cmpt.verdicts", "cmpt.chapter_values", "cmpt.plotting")),
+    ("models", ("cmpt.backbones", "cmpt.prompts", "cmpt.transfer", "cmpt.spt")),
+    ("settings", ("cmpt.settings",)),
+    ("profiles", ("cmpt.profiles", "cmpt")),
+    ("inputs", ("cmpt.data", "cmpt.features", "cmpt.target_data", "cmpt.published_prompts")),
+    ("store", ("cmpt.results", "cmpt.model_files")),
+    ("runs", ("cmpt.run_config", "cmpt.train", "cmpt.calibration", "cmpt.runner", "cmpt.sweep", "cmpt.cost",
+              "cmpt.protocol", "cmpt.source_training", "cmpt.experiments", "cmpt.plans", "cmpt.scarcity")),
+    ("analyses", ("cmpt.analysis", "cmpt.claims", "cmpt.scarcity_curves", "cmpt.attention_maps", "cmpt.gaps",
+                  "cmpt.transferability", "cmpt.theory")),
+    ("pages and tools", ("cmpt.book", "cmpt.book_chapters", "cmpt.book_kernel", "cmpt.book_pages",
+                         "cmpt.book_sphinx", "cmpt.book_widgets", "cmpt.cli", "cmpt.__main__", "cmpt.bench",
+                         "cmpt.bench_config", "cmpt.perf")),
+)
+
+
+def floor_of(module: str, floors=FLOORS) -> int | None:
+    """The index of ``module``'s floor: the floor naming it, else the one naming its closest package."""
+    best: tuple[int, int] | None = None  # (length of the matching name, floor)
+    for index, (_, names) in enumerate(floors):
+        for name in names:
+            if module == name or (name != PACKAGE and module.startswith(name + ".")):
+                if best is None or len(name) > best[0]:
+                    best = (len(name), index)
+    return None if best is None else best[1]
+
+
+def imports_up(graph: Graph, floors=FLOORS) -> list[str]:
+    """Every import of a module on a lower floor by one on a higher floor (the data flowing back)."""
+    out = []
+    for module, targets in sorted(graph.items()):
+        here = floor_of(module, floors)
+        for target, lines in sorted(targets.items()):
+            there = floor_of(target, floors)
+            if here is not None and there is not None and there > here:
+                out.append(f"{module} ({floors[here][0]}) imports {target} ({floors[there][0]}), line {lines[0]}")
+    return out
+
+
+def test_every_module_is_on_a_floor_and_imports_only_from_its_floor_or_above():
+    graph = import_graph()
+    unplaced = sorted(m for m in graph if floor_of(m) is None)
+    assert not unplaced, f"put these modules on a floor in FLOORS (and docs/architecture.md): {unplaced}"
+    up = imports_up(graph)
+    assert not up, "imports that go back up the data flow:\n" + "\n".join(up)
+
+
+def test_an_import_back_up_is_caught():
+    floors = (("top", ("pkg.a",)), ("bottom", ("pkg.b",)))
+    assert imports_up({"pkg.a": {"pkg.b": [3]}, "pkg.b": {"pkg.a": [1]}}, floors) == [
+        "pkg.a (top) imports pkg.b (bottom), line 3"]
+    assert floor_of("pkg.b.c", floors) == 1 and floor_of("other", floors) is None
+    assert floor_of("cmpt.newmodule") is None  # the package's name does not place its modules
