@@ -55,8 +55,13 @@ def _sdpa(value: bool | None) -> str:
 def _describe(info: Mapping[str, Any]) -> str:
     where = (f"cuda: {info['gpu']} ({info['gpu_memory_gib']} GiB, CUDA {info['cuda']})" if info["device"] == "cuda"
              else f"cpu: {info['cpu']}")
+    auto = ""
+    if info.get("auto_precision"):
+        measured = (f" (a bf16-autocast step runs {info['cpu_bf16_speedup']:.2f}x fp32's here)"
+                    if info.get("cpu_bf16_speedup") else "")
+        auto = f"; runs at precision 'auto' use {info['auto_precision']}{measured}"
     return (f"{where}; {info['cores']} cores, {info['torch_threads']} torch threads; torch {info['torch']}, "
-            f"python {info['python']}")
+            f"python {info['python']}{auto}")
 
 
 @dataclass

@@ -7,10 +7,24 @@ inputs importing the training loop.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import platform
+import statistics
+import time
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast", "resolve_device", "resolve_precision"]
+from cmpt.assets import cache_dir
+from cmpt.atomic import write_atomic
+
+__all__ = ["BF16_MIN_SPEEDUP", "PRECISIONS", "autocast", "chosen_precision", "cpu_bf16_speedup", "cpu_name",
+           "resolve_device", "resolve_precision"]
+
+#: how much faster than fp32 a few timed bf16 steps must run on a CPU before "auto" picks bf16 there
+BF16_MIN_SPEEDUP = 1.2
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -33,6 +47,71 @@ def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=1)
+def cpu_bf16_speedup(repeats: int = 5) -> float:
+    """fp32 time over bf16-autocast time of a transformer-sized step on this CPU; above 1: bf16 is faster.
+
+    Measured once per machine and kept in the cache (``precision.json``, keyed by CPU model, core
+    count and torch version), so every process of a build, and later builds, choose alike. The
+    step is one MLP block of a small ViT, forward and backward (197 tokens x 384 -> 1536 -> 384),
+    the matrix products a training step spends its time in: the median of ``repeats`` timings
+    after a warm-up call, per precision.
+    """
+    key = f"{cpu_name()} | {os.cpu_count()} cores | torch {torch.__version__}"
+    path = cache_dir() / "precision.json"
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(known, dict) and isinstance(known.get(key), (int, float)):
+            return float(known[key])
+    except (OSError, ValueError):
+        known = {}
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randn(197, 384, generator=generator)
+    up = torch.randn(384, 1536, generator=generator).requires_grad_()
+    down = torch.randn(1536, 384, generator=generator).requires_grad_()
+
+    def seconds(dtype: torch.dtype | None) -> float:
+        times = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            with autocast("cpu", dtype):
+                ((tokens @ up).relu() @ down).float().square().mean().backward()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times[1:])
+
+    speedup = seconds(None) / seconds(torch.bfloat16)
+    known = {**(known if isinstance(known, dict) else {}), key: speedup}
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(known, indent=1), encoding="utf-8"))
+    return speedup
+
+
+def chosen_precision(precision: str, device: torch.device | str) -> str:
+    """The precision a run uses for ``precision`` on ``device``: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+
+    ``"auto"`` is chosen by measurement on a CPU (bf16 where :func:`cpu_bf16_speedup` is at least
+    :data:`BF16_MIN_SPEEDUP`, else fp32) and by capability on CUDA (bf16 where supported, else fp16).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_bf16_speedup() >= BF16_MIN_SPEEDUP else "fp32"
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -40,6 +40,7 @@ from cmpt.backbones import PromptedViT, load_vision_backbone
 from cmpt.backbones.vision import VisionPreprocess
 from cmpt.backbones.vision_zoo import split_location
 from cmpt.bench_config import BenchConfig, MemoryConfig
+from cmpt.devices import chosen_precision, cpu_bf16_speedup, cpu_name
 from cmpt.gaps.mmd import BANDWIDTH_FACTORS, modality_gap_table
 from cmpt.profiles import Profile, get_profile
 from cmpt.train import TrainConfig, make_optimizer, resolve_device, resolve_precision, train_step
@@ -57,25 +58,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info: dict[str, Any] = {"device": device.type, "cpu": _cpu_name(), "cores": cores,
+    info: dict[str, Any] = {"device": device.type, "cpu": cpu_name(), "cores": cores,
                             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                             "python": platform.python_version()}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2 ** 30, 1), cuda=torch.version.cuda)
+    else:
+        info["cpu_bf16_speedup"] = cpu_bf16_speedup()
+    info["auto_precision"] = chosen_precision("auto", device)  # what a profile's precision="auto" runs in here
     return info
 
 

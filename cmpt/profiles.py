@@ -25,6 +25,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from cmpt.devices import PRECISIONS
 from cmpt.errors import InputError
 from cmpt.settings import paper_search
 
@@ -100,6 +101,9 @@ class Profile:
     #: transfer of every source to every target; two give the ranking's noise ceiling
     truth_replicates: int = 2
     device: str = "auto"
+    #: the target runs' precision: "auto" (bf16 autocast on a CPU where a few timed steps run faster
+    #: in it, else fp32; bf16 or fp16 on CUDA), "fp32", "bf16" or "fp16"; part of every run's config
+    precision: str = "auto"
     description: str = ""
 
     def replace(self, **overrides: Any) -> "Profile":
@@ -136,6 +140,8 @@ class Profile:
         if not 1 <= self.truth_replicates <= len(self.seeds):
             raise ProfileError(f"truth_replicates must be between 1 and the number of seeds ({len(self.seeds)}), "
                                f"got {self.truth_replicates}")
+        if self.precision not in PRECISIONS:
+            raise ProfileError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.head_init not in ("zero", "default"):
             raise ProfileError(f"head_init must be 'zero' or 'default', got {self.head_init!r}")
         if self.schedule not in ("step", "epoch"):
@@ -227,6 +233,7 @@ SMOKE = Profile(
     warmup_fraction=0.25,
     query_init="unit_logits",
     calibrate=True,
+    precision="fp32",  # the same numbers on every CPU, whatever bf16 does there
     description="tiny random backbones and generated data; seconds per chapter, for tests",
 )
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from cmpt.devices import chosen_precision, resolve_device
 from cmpt.errors import InputError
 from cmpt.profiles import Profile
 from cmpt.settings import REGISTRY, get_setting
@@ -109,11 +110,15 @@ class TargetConfig:
     query_init: str | None = None
     rates: tuple[float, ...] | None = None
     stop_epoch: int | None = None
+    #: the precision the run computes in: None (fp32, as every record before this field) or "bf16" /
+    #: "fp16" autocast, from the profile's ``precision`` (:func:`cmpt.devices.chosen_precision`)
+    precision: str | None = None
 
     kind: ClassVar[str] = "target"
     #: fields left out of :meth:`as_config` while they are None (they came after the first records)
     OPTIONAL: ClassVar[tuple[str, ...]] = ("train_subset", "source_bank", "stage", "train_split", "head_lr",
-                                           "head_init", "schedule", "warmup", "query_init", "rates", "stop_epoch")
+                                           "head_init", "schedule", "warmup", "query_init", "rates", "stop_epoch",
+                                           "precision")
 
     def __post_init__(self) -> None:
         takes_source = get_setting(self.setting).takes_source
@@ -124,6 +129,8 @@ class TargetConfig:
             raise InputError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.train_split not in (None, "trainval"):
             raise InputError(f"train_split must be None (train) or 'trainval', got {self.train_split!r}")
+        if self.precision not in (None, "bf16", "fp16"):
+            raise InputError(f"precision must be None (fp32), 'bf16' or 'fp16', got {self.precision!r}")
         if self.train_subset is not None:
             object.__setattr__(self, "train_subset", check_subset(self.train_subset))
         if self.rates is not None:
@@ -219,6 +226,8 @@ def recipe(profile: Profile, setting: str, fixed_rate: bool = False, target: str
         out["warmup"] = warmup_for(profile, epochs)
     if setting == "attention" and profile.query_init != "randn":
         out["query_init"] = profile.query_init
+    if chosen_precision(profile.precision, resolve_device(profile.device)) != "fp32":
+        out["precision"] = chosen_precision(profile.precision, resolve_device(profile.device))
     return out
 
 

@@ -97,7 +97,8 @@ def train_config(config: TargetConfig, device: str = "auto") -> TrainConfig:
                        batch_size=config.batch_size, epochs=config.epochs, warmup_epochs=warmup, seed=config.seed,
                        selection=config.selection, device=device, head_lr=config.head_lr,
                        schedule=config.schedule or "epoch", stop_epoch=config.stop_epoch,
-                       eval_every=config.epochs if config.selection == "last" else 1)
+                       eval_every=config.epochs if config.selection == "last" else 1,
+                       precision=config.precision or "fp32")
 
 
 def build_classifier(config: TargetConfig, backbone: PromptedViT, num_classes: int, source_prompt: Prompt | None,

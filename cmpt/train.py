@@ -26,9 +26,11 @@ so a bootstrap over test images can be computed from stored records. Its mean is
 iteration order (align runs only with a loader that does not shuffle).
 
 Precision (``TrainConfig.precision``): ``"auto"`` is fp32 on CPUs and bf16 autocast on CUDA
-devices that support it (fp16 with loss scaling on older ones). Reduced precision is used only
-where the hardware makes it faster; see the performance chapter for the CPU measurement.
-Parameters and optimiser state stay fp32 in every case.
+devices that support it (fp16 with loss scaling on older ones). Target runs name theirs: a
+profile's ``precision="auto"`` is chosen by measurement (:func:`cmpt.devices.chosen_precision`,
+bf16 on a CPU only where a timed step runs faster in it) and written into each run's config,
+so records of two precisions never share a hash. Parameters and optimiser state stay fp32 in
+every case.
 """
 
 from __future__ import annotations

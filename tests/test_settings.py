@@ -132,3 +132,47 @@ def test_a_target_listed_in_target_epochs_for_trains_its_prompt_settings_longer(
     assert equal_step_epochs(profile, 8, "vpt", "clevr_count") == 7 * 2  # 64 images: 2 steps an epoch; 8: 1
     with pytest.raises(InputError, match="target_epochs_for.*positive"):
         SMOKE.replace(target_epochs_for=[["clevr_count", 0]])
+
+
+# --- precision ------------------------------------------------------------------------------------------------------
+
+def test_auto_precision_is_measured_once_per_machine_and_kept_in_every_config(monkeypatch, tmp_path):
+    import json
+
+    from cmpt import devices
+    from cmpt.profiles import ProfileError
+    from cmpt.results import config_hash
+    from cmpt.runner import train_config
+
+    monkeypatch.setenv("CMPT_CACHE", str(tmp_path))
+    devices.cpu_bf16_speedup.cache_clear()
+    try:
+        speedup = devices.cpu_bf16_speedup(repeats=1)
+        kept = json.loads((tmp_path / "precision.json").read_text())
+        assert speedup > 0 and list(kept.values()) == [speedup]
+        devices.cpu_bf16_speedup.cache_clear()
+        monkeypatch.setattr(devices, "autocast", lambda *a: pytest.fail("measured again instead of read"))
+        assert devices.cpu_bf16_speedup(repeats=1) == speedup  # another process of the machine reads it
+    finally:
+        devices.cpu_bf16_speedup.cache_clear()
+
+    default = get_profile("default")
+    assert default.precision == "auto" and get_profile("smoke").precision == "fp32"
+    for measured, expected in ((devices.BF16_MIN_SPEEDUP + 0.3, "bf16"), (0.9, "fp32")):
+        monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda: measured)
+        assert devices.chosen_precision("auto", "cpu") == expected
+    assert devices.chosen_precision("bf16", "cpu") == "bf16" and devices.chosen_precision("fp32", "cpu") == "fp32"
+
+    monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda: 0.9)
+    fp32 = setting_configs(default.replace(device="cpu"), "vpt", ["digits"])[0]
+    assert fp32.precision is None and "precision" not in fp32.as_config()  # hashes as the records before the field
+    assert train_config(fp32.replace(lr=0.1)).precision == "fp32"
+    monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda: 2.0)
+    bf16 = setting_configs(default.replace(device="cpu"), "vpt", ["digits"])[0]
+    assert bf16.precision == "bf16" and config_hash(bf16) != config_hash(fp32)  # records of the two never mix
+    assert train_config(bf16.replace(lr=0.1)).precision == "bf16"
+    assert setting_configs(default.replace(precision="fp32"), "vpt", ["digits"])[0] == fp32
+    with pytest.raises(ProfileError, match="precision must be one of"):
+        default.replace(precision="fp8")
+    with pytest.raises(InputError, match="precision must be None"):
+        fp32.replace(precision="auto")
