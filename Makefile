@@ -12,11 +12,14 @@ LAB_PORT ?= 8888
 
 venv: $(STAMP)
 
+## the install's seconds land in .venv/.cmpt-install-seconds (the performance chapter's build accounting)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	date +%s > $(VENV)/.cmpt-install-start
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name cmpt --display-name "Python (cmpt)" >/dev/null
+	echo $$(( $$(date +%s) - $$(cat $(VENV)/.cmpt-install-start) )) > $(VENV)/.cmpt-install-seconds
 	touch $(STAMP)
 
 ## Ray, the optional cluster executor (cmpt sweep --executor ray): the tests need it, the book does not

@@ -362,6 +362,7 @@ class ResultsStore:
                 return self.put(config, {
                     "final": out["final"],
                     "metrics_per_epoch": out.get("metrics_per_epoch", []),
+                    **({"clock": dict(out["clock"])} if isinstance(out.get("clock"), Mapping) else {}),
                     "wall_time_s": time.perf_counter() - start,
                     "attempts": attempts,
                 })
@@ -410,6 +411,8 @@ RECORD_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "error": (lambda v: v is None or isinstance(v, str), "null or a string"),
     "finished_at": (lambda v: v is None or isinstance(v, str), "null or a string"),
     "versions": (lambda v: isinstance(v, dict), "an object"),
+    "clock": (lambda v: isinstance(v, dict) and all(_is_number(x) and x >= 0 for x in v.values()),
+              "an object of numbers >= 0"),
 }
 
 #: the final metrics that later steps read back, and what each must be when present
@@ -472,6 +475,9 @@ def _frame(records: Iterable[dict[str, Any]], flatten: bool) -> pd.DataFrame:
         for key, value in final.items():
             row[f"final.{key}" if key in row else key] = value
         row["wall_time_s"] = record.get("wall_time_s")
+        row["finished_at"] = record.get("finished_at")
+        for key, value in (record.get("clock") or {}).items():  # the fit's train_s, eval_s, train_images
+            row[key] = value
         rows.append(row)
     return pd.DataFrame(rows)
 

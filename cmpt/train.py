@@ -36,6 +36,7 @@ every case.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Union
@@ -155,17 +156,22 @@ class FitResult:
     behind test_acc, see the module doc) and test_n (number of test examples). ``history``:
     one dict per epoch (epoch, lr, train_loss, train_acc, val_acc, val_loss and, for
     ``best_test``, test_acc; None where not evaluated).
-    ``state``: CPU copy of the trainable parameters of the selected epoch.
+    ``state``: CPU copy of the trainable parameters of the selected epoch. ``clock``: where the
+    run's time went (``train_s`` in the training loops, ``eval_s`` in evaluation passes,
+    ``train_images`` over all epochs), kept apart from ``final`` because it differs between
+    two runs that compute the same.
     """
 
     final: dict[str, Any]
     history: list[dict[str, Any]]
     n_trainable: int
     state: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    clock: dict[str, float] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, Any]:
         """The dict a :meth:`cmpt.results.ResultsStore.run` function returns."""
-        return {"final": {**self.final, "n_trainable": self.n_trainable}, "metrics_per_epoch": self.history}
+        return {"final": {**self.final, "n_trainable": self.n_trainable}, "metrics_per_epoch": self.history,
+                "clock": dict(self.clock)}
 
 
 def param_groups(named_params: Iterable[tuple[str, Tensor]], weight_decay: float, lr: float | None = None,
@@ -399,8 +405,13 @@ def fit(model: nn.Module, train: Data, val: Data | None, test: Data | None, cfg:
     dtype = resolve_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
 
+    clock = {"train_s": 0.0, "eval_s": 0.0, "train_images": 0}  # where the run's time went (the build's accounting)
+
     def run_eval(data: Data, per_example: bool = False) -> dict[str, Any]:
-        return evaluate(model, data, cfg.eval_batch_size, forward, device, dtype, per_example)
+        start = time.perf_counter()
+        out = evaluate(model, data, cfg.eval_batch_size, forward, device, dtype, per_example)
+        clock["eval_s"] += time.perf_counter() - start
+        return out
 
     history: list[dict[str, Any]] = []
     initial_loss: float | None = None  # the first batch's loss, before any step
@@ -414,6 +425,7 @@ def fit(model: nn.Module, train: Data, val: Data | None, test: Data | None, cfg:
         total_loss = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
+        started = time.perf_counter()
         for inputs, labels in _batches(train, cfg.batch_size, generator):
             labels = labels.to(device)
             loss, hits = train_step(model, _to(inputs, device), labels, optimizer, forward, dtype, scaler)
@@ -426,7 +438,10 @@ def fit(model: nn.Module, train: Data, val: Data | None, test: Data | None, cfg:
                 scheduler.step()
         if per_step == 1:
             scheduler.step()
-        row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": total_loss.item() / seen,
+        train_loss = total_loss.item() / seen  # .item() waits for the device, so the clock below is honest
+        clock["train_s"] += time.perf_counter() - started
+        clock["train_images"] += seen
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
                                "train_acc": correct.item() / seen, "val_acc": None, "val_loss": None}
         if head_lr is not None:
             row["head_lr"] = head_lr
@@ -466,4 +481,4 @@ def fit(model: nn.Module, train: Data, val: Data | None, test: Data | None, cfg:
              "last_train_acc": history[-1]["train_acc"], "max_train_loss": max(r["train_loss"] for r in history),
              "lr_groups": _lr_groups(optimizer)}
     state = {name: p.detach().to("cpu", copy=True) for name, p in _trainable(model).items()}
-    return FitResult(final=final, history=history, n_trainable=n_trainable, state=state)
+    return FitResult(final=final, history=history, n_trainable=n_trainable, state=state, clock=clock)

@@ -395,3 +395,16 @@ def test_loss_curve_parity_sees_a_difference_in_any_epoch_or_the_final_validatio
     assert loss_curve_diff(record([2.0], 0.7), record([2.0], 0.9)) == pytest.approx(0.2)
     with pytest.raises(ValueError):  # curves of different lengths are not the same run
         loss_curve_diff(record([2.0, 1.0], 0.7), record([2.0], 0.7))
+
+
+def test_bench_reports_the_last_builds_efficiency_and_precision(tmp_path):
+    import json
+
+    from cmpt.bench import last_build_line
+
+    records = tmp_path / "performance.json"
+    assert last_build_line(records) is None  # no build yet: no line
+    records.write_text(json.dumps({"performance/accounting": {"efficiency": 0.71, "wall_s": 3300.0},
+                                   "performance/precision": "fp32"}))
+    line = last_build_line(records)
+    assert "71% of its 55.0 min" in line and "computed in fp32" in line

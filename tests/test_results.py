@@ -167,13 +167,14 @@ def test_wrong_schema_or_hash_is_reported(tmp_path, damage):
 def test_table_columns(tmp_path):
     store = ResultsStore(tmp_path)
     store.put({"setting": "vpt", "seed": 42, "opt": {"lr": 0.1, "wd": 0}, "sizes": (1, 2)},
-              {"final": {"test_acc": 0.8, "val_acc": 0.7, "seed": 3}})
+              {"final": {"test_acc": 0.8, "val_acc": 0.7, "seed": 3}, "clock": {"train_s": 1.5, "eval_s": 0.5}})
     table = store.table()
     assert set(table.columns) == {"hash", "setting", "seed", "opt.lr", "opt.wd", "sizes", "test_acc", "val_acc",
-                                  "final.seed", "wall_time_s"}
-    assert table.loc[0, "sizes"] == (1, 2) and table.loc[0, "final.seed"] == 3
+                                  "final.seed", "wall_time_s", "finished_at", "train_s", "eval_s"}
+    assert table.loc[0, "sizes"] == (1, 2) and table.loc[0, "final.seed"] == 3 and table.loc[0, "train_s"] == 1.5
     assert set(store.table(flatten=False).columns) == {"hash", "setting", "seed", "opt", "sizes", "test_acc",
-                                                       "val_acc", "final.seed", "wall_time_s"}
+                                                       "val_acc", "final.seed", "wall_time_s", "finished_at",
+                                                       "train_s", "eval_s"}
 
 
 # ----------------------------------------------------------------------------- non-finite results

@@ -37,6 +37,9 @@ def test_linear_model_learns_separable_blobs():
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     record = result.to_record()
     assert record["final"]["n_trainable"] == 9 and record["metrics_per_epoch"] == result.history
+    # where the time went, for the build's accounting: every epoch's training images, both loops timed
+    assert result.clock["train_images"] == 300 * CFG.epochs and record["clock"] == result.clock
+    assert result.clock["train_s"] > 0 and result.clock["eval_s"] > 0
 
 
 def test_same_seed_same_history():
@@ -215,3 +218,27 @@ def test_per_example_correctness_of_a_real_run_and_evaluate_flag():
     out = evaluate(model, test, batch_size=50, per_example=True)
     assert out["correct"].dtype == torch.bool and np.array_equal(out["correct"].numpy(), expected)
     assert out["acc"] == result.final["test_acc"] and "correct" not in evaluate(model, test)
+
+
+def test_build_accounting_counts_only_the_runs_this_build_made():
+    import pandas as pd
+
+    from cmpt.analysis import build_accounting
+
+    chapters = {"book/a": {"seconds": 100.0, "finished": "2026-01-01T10:01:40Z"},
+                "book/b": {"seconds": 50.0, "finished": "2026-01-01T10:02:30Z"}}  # the build: 10:00:00 to 10:02:30
+    runs = pd.DataFrame([
+        {"hash": "1", "kind": "target", "setting": "vpt", "wall_time_s": 60.0, "train_s": 40.0, "eval_s": 10.0,
+         "train_images": 4000, "finished_at": "2026-01-01T10:01:00+00:00"},
+        {"hash": "2", "kind": "source_prompt", "setting": None, "wall_time_s": 30.0, "train_s": 25.0, "eval_s": 2.0,
+         "train_images": 500, "finished_at": "2026-01-01T10:02:00+00:00"},
+        {"hash": "3", "kind": "target", "setting": "vpt", "wall_time_s": 999.0, "train_s": 900.0, "eval_s": 9.0,
+         "train_images": 1, "finished_at": "2025-12-31T09:00:00+00:00"},  # an earlier build's: reused, not counted
+    ])
+    table, totals = build_accounting(runs, chapters, install_s=50.0)
+    assert table.loc["vpt", "runs"] == 1 and table.loc["vpt", "training images/s"] == 100.0
+    assert table.loc["source prompt", "other_in_runs_s"] == 3.0
+    assert totals["training_s"] == 65.0 and totals["evaluation_s"] == 12.0 and totals["outside_runs_s"] == 60.0
+    assert totals["wall_s"] == 200.0 and totals["efficiency"] == (65.0 + 12.0) / 200.0
+    parts = totals["install_s"] + totals["training_s"] + totals["evaluation_s"] + totals["in_runs_other_s"]
+    assert parts + totals["outside_runs_s"] == totals["wall_s"]  # the parts add up to the measured wall
