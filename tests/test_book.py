@@ -254,6 +254,28 @@ def test_notebooks_are_committed_without_outputs():
         assert re.search(r"^profile = \"default\"$", "".join(tagged[0]["source"]), re.M)
 
 
+#: calls whose value is what the reader should see: made as a statement that is not a cell's last, it is lost
+SHOWN_BY_VALUE = ("markdown_table", "Markdown")
+
+
+def test_no_cell_drops_a_table_it_made():
+    import ast
+
+    lost = []
+    for chapter in NOTEBOOKS:
+        nb = json.loads(chapter.source.read_text())
+        for index, cell in enumerate(nb["cells"]):
+            if cell["cell_type"] != "code":
+                continue
+            tree = ast.parse("".join(cell["source"]))
+            last = tree.body[-1] if tree.body else None
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and node is not last
+                        and ast.unparse(node.value.func).split(".")[-1] in SHOWN_BY_VALUE):
+                    lost.append(f"{chapter.entry} cell {index} line {node.lineno}: {ast.unparse(node)[:60]}")
+    assert not lost, "wrap these in display(...), or the page never shows them:\n" + "\n".join(lost)
+
+
 def test_plan_routes_overrides_and_rejects_unknown_names(tmp_path):
     plan = plan_book(ROOT, tmp_path, "smoke", {"image_size": 48, "tokens_shown": 2})
     for chapter in plan.chapters:
