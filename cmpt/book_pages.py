@@ -217,6 +217,21 @@ def _code(text: str) -> str:
     return f"``{text}``" if "`" in text else f"`{text}`"
 
 
+def shell_lines(words: list[str], prefix: str = "", width: int = 64) -> str:
+    """``words`` as one shell command, quoted, broken with ``\\`` into lines of at most about ``width``.
+
+    The run box's code block must fit the page column, where a long line would be cut off.
+    """
+    lines, line = [], prefix.rstrip()
+    for word in map(shlex.quote, words):
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line + " \\")
+            line = "    " + word
+        else:
+            line = f"{line} {word}" if line else word
+    return "\n".join([*lines, line])
+
+
 def run_box(*, root: Path, out: Path, entry: str, profile: str, given: Mapping[str, Any],
             profile_fields: frozenset[str] | set[str], declared: Mapping[str, Mapping[str, Any]],
             values: Mapping[str, Any], seconds: float, results: Path) -> str:
@@ -250,9 +265,9 @@ def run_box(*, root: Path, out: Path, entry: str, profile: str, given: Mapping[s
         "",
         "```bash",
         "# this chapter alone, its page rebuilt",
-        shlex.join(only),
-        "# or plain papermill (the notebook itself, no page; -k python3 outside the cmpt kernel)",
-        prefix + shlex.join(paper),
+        shell_lines(only),
+        "# or plain papermill (no page; -k python3 outside the cmpt kernel)",
+        shell_lines(paper, prefix),
         "```",
         "",
     ]

@@ -3,7 +3,8 @@
 // {problems: [{kind, where, code, setup, detail}], counts: {...}}: `where` names the cell (its number on the
 // page and its first line of code, also in `code`) or the section; `setup` is true in the parameters cells
 // and the first code cell after them. Kinds: "math", "width", "traceback", "bare", "figure" (a figure with no
-// number and caption).
+// number and caption), "clipped" (a display equation or a code line shown to the reader that runs past the
+// column) and "runbox" (a chapter page, one with code cells, without its "Re-run this chapter" box).
 (async () => {
   const problems = [];
   const article = document.querySelector("article.bd-article") || document.querySelector("main") || document.body;
@@ -100,6 +101,25 @@
     if (!number || !text || !text.innerText.trim()) {
       add("figure", img, "a figure without a number and caption (show it with cmpt.show_figure)");
     }
+  }
+
+  // clipped: display maths and the code lines a reader sees (not folded away) stay inside the text column
+  const right = article.getBoundingClientRect().right;
+  const shown = (el) => el.getClientRects().length > 0 && !el.closest("details:not([open])");
+  for (const el of article.querySelectorAll('mjx-container[display="true"], div.highlight pre')) {
+    if (!shown(el) || el.closest("div.cell_output")) continue;  // outputs: the width check above
+    const box = el.closest("mjx-container") ? el : el.parentElement;
+    const past = Math.round(el.getBoundingClientRect().left + el.scrollWidth - right);
+    if (past > 2 || box.scrollWidth - box.clientWidth > 8) {
+      const what = el.tagName === "PRE" ? "code line" : "display equation";
+      add("clipped", el, `${what} runs ${Math.max(past, box.scrollWidth - box.clientWidth)} px past the column`);
+    }
+  }
+
+  // the run box: every chapter page (one with code cells) tells the reader how to re-run it
+  if (cells.length && ![...article.querySelectorAll(".admonition-title")].some(
+      (t) => t.innerText.trim() === "Re-run this chapter")) {
+    add("runbox", article, 'no "Re-run this chapter" box');
   }
 
   // tracebacks, and outputs that are one bare number (a value left as a cell's last expression)

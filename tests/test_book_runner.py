@@ -160,14 +160,18 @@ def test_run_box_follows_the_title_with_both_commands_parameters_and_time(tmp_pa
     insert_run_box(nb, text)  # again: replaced, not doubled
     assert [c.source for c in nb.cells].count(text) == 1 and nb.cells[1].source == text
     assert text.startswith(f"````{{admonition}} {RUN_BOX_TITLE}\n:class: tip\n")
-    assert "cmpt book --profile smoke --only data_scarcity -p image_size 48 -p shots '[1]'" in text
+    code = text[text.index("```bash"):text.index("```", text.index("```bash") + 3)]
+    assert max(len(line) for line in code.splitlines()) <= 70  # broken with \ to fit the column
+    joined = text.replace(" \\\n    ", " ")
+    assert "cmpt book --profile smoke --only data_scarcity -p image_size 48 -p shots '[1]'" in joined
     assert ("papermill book/data_scarcity.ipynb /tmp/data_scarcity.ipynb --cwd book -p profile smoke "
-            "-p image_size 48 -y 'shots: [1]'") in text
+            "-p image_size 48 -y 'shots: [1]'") in joined
     assert "in 1 min 23 s" in text and "_build/results/smoke/" in text and "not retrained" in text
     assert "| `shots` | `[1, 4]` | `[1]` | training sets per class |" in text
     assert "`_build/executed/book/data_scarcity.ipynb`" in text
     elsewhere = run_box(root=ROOT, out=tmp_path, entry="book/inputs", profile="smoke", given={},
                         profile_fields=set(), declared={}, values={}, seconds=5.0, results=tmp_path / "r")
+    elsewhere = elsewhere.replace(" \\\n    ", " ")
     assert f"--out {tmp_path}" in elsewhere and f"CMPT_RESULTS={tmp_path / 'r'} papermill" in elsewhere
     assert "no parameters of its own" in elsewhere
 
@@ -247,9 +251,10 @@ def test_partial_build_executes_one_chapter_and_builds_its_page_with_run_box_and
     text = _text(page)
     assert RUN_BOX_TITLE in text and re.search(r'<div class="[^"]*\btip\b[^"]*admonition', page)
     assert page.index(RUN_BOX_TITLE) < page.index("tag_injected-parameters")  # right after the title
-    assert f"cmpt book --profile smoke --only {CHAPTER} --out {out}" in text
+    commands = text.replace(" \\ ", " ")  # the run box breaks long commands with \ to fit the column
+    assert f"cmpt book --profile smoke --only {CHAPTER} --out {out}" in commands
     assert (f"CMPT_RESULTS={out}/_build/results papermill book/{CHAPTER}.ipynb /tmp/{CHAPTER}.ipynb --cwd book "
-            "-p profile smoke") in text
+            "-p profile smoke") in commands
     assert re.search(r"executed at profile smoke in \d+(\.\d)? s", text), text[:2000]
     assert "not retrained" in text and f"{out}/_build/executed/book/{CHAPTER}.ipynb" in text
     assert "include_deep" in text  # the chapter's own parameter, with its default

@@ -231,6 +231,12 @@ def test_every_figure_is_numbered_with_a_caption(book_pages):
 
 @pytest.mark.slow
 @pytest.mark.browser
+def test_no_equation_or_code_line_is_clipped_and_every_chapter_has_its_run_box(book_pages):
+    _assert_clean(book_pages, {"clipped", "runbox"}, "clipped equations or code lines, or chapters without a run box")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
 def test_pages_show_no_tracebacks_or_bare_numbers(book_pages):
     _assert_clean(book_pages, {"traceback", "bare"}, "tracebacks or stray bare-number outputs")
 
@@ -238,6 +244,7 @@ def test_pages_show_no_tracebacks_or_bare_numbers(book_pages):
 BAD_PAGE = """<!doctype html><html><body><article class="bd-article" style="width: 600px">
 <section><h2>Prose</h2><p>The prompt \\(P_s\\) left as TeX, and $$x^2$$ too.</p>
 <span class="math">\\(y\\)</span></section>
+<section><h2>Commands</h2><div class="highlight"><pre style="overflow: auto">LINE</pre></div></section>
 <div class="cell"><div class="cell_input"><pre>cmpt.record("x", 4)</pre></div>
   <div class="cell_output"><div class="output text_plain"><pre>4</pre></div></div></div>
 <div class="cell"><div class="cell_input"><pre>plt.show()</pre></div>
@@ -269,6 +276,8 @@ def test_page_checks_catch_each_problem(tmp_path):
     assert ("width", "cell 2") in found and ("width", "cell 3") in found
     assert ("traceback", "cell 4") in found
     assert ("figure", "cell 2") in found and ("figure", "cell 6") not in found  # cell 6: a numbered figure
+    assert ("clipped", 'section "Commands"') in found  # a code line in the text, wider than the column
+    assert ("runbox", "page") in found  # a page with code cells and no "Re-run this chapter" box
     assert not any(p["where"].startswith("cell 5") for p in problems), problems
 
 
