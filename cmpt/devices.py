@@ -39,14 +39,20 @@ def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype
 
     ``"auto"``: bf16 on a CUDA device that supports it, else fp16 there; fp32 on CPU.
     """
+    _check(precision)
+    if precision == "auto":
+        precision = _cuda_precision() if torch.device(device).type == "cuda" else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _check(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    device = torch.device(device)
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _cuda_precision() -> str:
+    """What "auto" takes on CUDA: bf16 where the device supports it, else fp16."""
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def cpu_name() -> str:
@@ -104,13 +110,11 @@ def chosen_precision(precision: str, device: torch.device | str) -> str:
     ``"auto"`` is chosen by measurement on a CPU (bf16 where :func:`cpu_bf16_speedup` is at least
     :data:`BF16_MIN_SPEEDUP`, else fp32) and by capability on CUDA (bf16 where supported, else fp16).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    _check(precision)
     if precision != "auto":
         return precision
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if torch.device(device).type == "cuda":
+        return _cuda_precision()
     return "bf16" if cpu_bf16_speedup() >= BF16_MIN_SPEEDUP else "fp32"
 
 

@@ -21,7 +21,7 @@ from cmpt.profiles import Profile
 from cmpt.settings import REGISTRY, get_setting
 
 __all__ = ["STAGES", "SUBSET_KINDS", "SourceConfig", "TargetConfig", "check_subset", "default_concentrated",
-           "epochs_for", "recipe", "setting_configs", "setting_grid", "warmup_for"]
+           "epochs_for", "recipe", "run_precision", "setting_configs", "setting_grid", "warmup_for"]
 
 #: protocol stages: ``None`` is one run per seed (train split, epoch chosen by ``selection``);
 #: ``search`` a grid point (train800, chosen on val200); ``final`` the run at the chosen values
@@ -226,9 +226,15 @@ def recipe(profile: Profile, setting: str, fixed_rate: bool = False, target: str
         out["warmup"] = warmup_for(profile, epochs)
     if setting == "attention" and profile.query_init != "randn":
         out["query_init"] = profile.query_init
-    if chosen_precision(profile.precision, resolve_device(profile.device)) != "fp32":
-        out["precision"] = chosen_precision(profile.precision, resolve_device(profile.device))
+    precision = run_precision(profile)
+    if precision != "fp32":  # fp32 stays out of the config, as in every record before the field
+        out["precision"] = precision
     return out
+
+
+def run_precision(profile: Profile) -> str:
+    """The precision ``profile``'s target runs compute in on this machine (its ``precision``, "auto" resolved)."""
+    return chosen_precision(profile.precision, resolve_device(profile.device))
 
 
 def setting_configs(profile: Profile, setting: str, targets: Sequence[str],

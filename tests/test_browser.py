@@ -155,7 +155,7 @@ def check_pages(pages: dict[str, Path]) -> dict[str, dict]:
 
 
 #: a built book's folder (the one that holds ``_build/html``) for the page checks to read instead of the
-#: smoke book, e.g. ``CMPT_CHECK_BOOK=$PWD pytest tests/test_browser.py -k "numbered or fit or bare or offline"``
+#: smoke book, e.g. ``CMPT_CHECK_BOOK=$PWD pytest tests/test_browser.py -k "numbered or fit or bare or offline or clipped"``
 #: after ``make book``
 CHECK_BOOK_ENV = "CMPT_CHECK_BOOK"
 
